@@ -4,15 +4,23 @@
   real config.json's ``auto_map``) and the plain-PyTorch reference for ``AutoModelForCausalLM``.
 * SGLang: ``register`` is this package's entry point in SGLang's plugin group
   ``sglang.srt.plugins`` (pyproject.toml). SGLang calls it first thing in the engine, the
-  server's main process and every scheduler/detokenizer process, which is where configs are
-  parsed and models built.
+  server's main process and every scheduler/detokenizer process: where configs are parsed and
+  models built. It registers the config and ``MegrezMoeForCausalLM`` with SGLang's registry.
+
+A broken model module must never let SGLang fall back silently to its generic transformers
+backend (SGLang only logs plugin and model-import errors): if the import fails, the registry
+gets a stand-in whose construction raises the original error.
 """
 
 from __future__ import annotations
 
+import traceback
+
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .config import MegrezMoeConfig
+
+ARCHITECTURE = "MegrezMoeForCausalLM"
 
 
 def register_with_transformers() -> None:
@@ -23,6 +31,33 @@ def register_with_transformers() -> None:
     AutoModelForCausalLM.register(MegrezMoeConfig, MegrezMoeForCausalLM, exist_ok=True)
 
 
+class ModelModuleImportError(RuntimeError):
+    pass
+
+
+def _unloadable_model_class(error: BaseException) -> type:
+    message = (
+        f"megrez_sglang.sglang_models.megrez_moe failed to import, so {ARCHITECTURE} cannot be "
+        f"built:\n{''.join(traceback.format_exception(error))}"
+    )
+
+    def __init__(self, *args, **kwargs):
+        raise ModelModuleImportError(message)
+
+    return type(ARCHITECTURE, (), {"__init__": __init__, "import_error": message})
+
+
+def register_with_sglang() -> None:
+    from sglang.srt.models.registry import ModelRegistry
+
+    try:
+        from .sglang_models.megrez_moe import MegrezMoeForCausalLM
+    except Exception as e:  # noqa: BLE001 - re-raised when SGLang builds the model
+        MegrezMoeForCausalLM = _unloadable_model_class(e)
+    ModelRegistry.models[ARCHITECTURE] = MegrezMoeForCausalLM
+
+
 def register() -> None:
     """The SGLang plugin entry point."""
     register_with_transformers()
+    register_with_sglang()

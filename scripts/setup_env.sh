@@ -44,8 +44,9 @@ fi
 
 stamp=$(sha256sum "$root/pyproject.toml" | cut -c1-16)
 if [ "$(cat "$venv/.megrez-project" 2>/dev/null)" != "$stamp" ]; then
-  # pip comes from the shared layer; it installs into the thin venv (sys.prefix).
+  # pip comes from the shared layer; it installs into the thin venv (sys.prefix). "compat" mode
+  # puts the checkout on sys.path, so modules added later need no reinstall.
   (cd "$root" && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-      --no-deps --no-build-isolation --editable .)
+      --no-deps --no-build-isolation --config-settings editable_mode=compat --editable .)
   echo "$stamp" > "$venv/.megrez-project"
 fi
