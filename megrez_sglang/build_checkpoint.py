@@ -45,6 +45,13 @@ PRESETS: dict[str, dict] = {
 # Spread of each layer's correction bias, relative to the sigmoid scores (0..1): large enough
 # that the bias changes the selection and that the layers of a group route differently.
 CORRECTION_BIAS_STD = 0.2
+# A random model's next-token logits are nearly flat: its greedy choice flips under bfloat16
+# rounding. The bigram prior makes it confident, like a trained model: lm_head gets a term that
+# points from each token's embedding to a fixed random successor, with the embeddings scaled up so
+# that they dominate the residual stream. Routing, experts and attention still shape every logit
+# (and so every logprob); 0 gives a plainly random model whose greedy tokens depend on them.
+DEFAULT_BIGRAM_PRIOR = 0.5
+BIGRAM_EMBEDDING_SCALE = 2.0
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -80,7 +87,9 @@ def make_config(preset: str, tokenizer, overrides: dict | None = None) -> Megrez
     return MegrezMoeConfig(**fields)
 
 
-def random_state_dict(config: MegrezMoeConfig, seed: int) -> dict[str, torch.Tensor]:
+def random_state_dict(
+    config: MegrezMoeConfig, seed: int, bigram_prior: float = DEFAULT_BIGRAM_PRIOR
+) -> dict[str, torch.Tensor]:
     """The reference model's seeded random weights, under the real checkpoint's names."""
     from .reference import MegrezMoeForCausalLM
 
@@ -97,6 +106,13 @@ def random_state_dict(config: MegrezMoeConfig, seed: int) -> dict[str, torch.Ten
                 layer.mlp.gate.e_score_correction_bias.normal_(
                     0.0, CORRECTION_BIAS_STD, generator=generator
                 )
+        if bigram_prior:
+            embed = model.model.embed_tokens.weight
+            embed.mul_(BIGRAM_EMBEDDING_SCALE)
+            successor = torch.randperm(config.vocab_size, generator=generator)
+            unit_rows = embed / embed.norm(dim=1, keepdim=True)
+            # lm_head row i points at the embedding of the token whose successor is i
+            model.lm_head.weight.add_(bigram_prior * unit_rows[successor])
     return {
         name: t.detach().to(torch.float32 if name.endswith("e_score_correction_bias") else torch.bfloat16)
         .contiguous()
@@ -119,6 +135,7 @@ def build_checkpoint(
     seed: int = 0,
     overrides: dict | None = None,
     max_shard_size: str = "5GB",
+    bigram_prior: float = DEFAULT_BIGRAM_PRIOR,
 ) -> Path:
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(TOKENIZER_VOCAB)
@@ -138,7 +155,7 @@ def build_checkpoint(
     (out_dir / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
     save_tokenizer(tokenizer, out_dir, model_max_length=config.max_position_embeddings)
     if preset != "real-config":
-        save_weights(random_state_dict(config, seed), out_dir, max_shard_size)
+        save_weights(random_state_dict(config, seed, bigram_prior), out_dir, max_shard_size)
     return out_dir
 
 
@@ -152,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="FIELD=VALUE", help="override a config field (repeatable)")
     parser.add_argument("--max-shard-size", default="5GB",
                         help="split the safetensors into shards of this size (with an index)")
+    parser.add_argument("--bigram-prior", type=float, default=DEFAULT_BIGRAM_PRIOR,
+                        help="confidence of the random model's next-token choice (0: none)")
     args = parser.parse_args(argv)
     try:
         out = build_checkpoint(args.out_dir, args.preset, args.seed,
-                               parse_overrides(args.overrides), args.max_shard_size)
+                               parse_overrides(args.overrides), args.max_shard_size,
+                               args.bigram_prior)
     except ValueError as e:
         print(f"build_checkpoint: {e}", file=sys.stderr)
         return 2

@@ -52,13 +52,14 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """Neox-style RoPE (HF Llama's rotate_half layout). x: [B, heads, T, D]; positions: [B, T]."""
+    """Neox-style RoPE (HF Llama's rotate_half layout). x: [B, heads, T, D]; positions: [B, T].
+    Angles in float32, the rotation in the model dtype (as HF Llama does)."""
     d = x.shape[-1]
     inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
     angles = positions[:, None, :, None].float() * inv_freq  # [B, 1, T, D/2]
-    cos = torch.cat((angles, angles), dim=-1).cos()
-    sin = torch.cat((angles, angles), dim=-1).sin()
-    return (x.float() * cos + rotate_half(x.float()) * sin).to(x.dtype)
+    cos = torch.cat((angles, angles), dim=-1).cos().to(x.dtype)
+    sin = torch.cat((angles, angles), dim=-1).sin().to(x.dtype)
+    return x * cos + rotate_half(x) * sin
 
 
 class Attention(nn.Module):
