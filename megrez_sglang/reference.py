@@ -305,3 +305,10 @@ class MegrezMoeForCausalLM(MegrezMoePreTrainedModel, GenerationMixin):
         )
         logits = self.lm_head(hidden[:, -logits_to_keep:, :])
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+
+
+def checkpoint_layout(config: MegrezMoeConfig) -> dict[str, torch.Size]:
+    """Every tensor of a Megrez2 checkpoint with this config: name -> shape (unsharded)."""
+    with torch.device("meta"):
+        model = MegrezMoeForCausalLM(config)
+    return {name: t.shape for name, t in model.state_dict().items()}

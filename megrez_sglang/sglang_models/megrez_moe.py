@@ -48,6 +48,7 @@ from sglang.srt.utils import add_prefix, make_layers
 from sglang.srt.utils.hf_transformers.common import get_rope_config
 
 from ..config import MegrezMoeConfig
+from ..reference import checkpoint_layout
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +392,7 @@ def load_megrez_weights(model: MegrezMoeForCausalLM,
     that does not fit, or a parameter left unwritten raises CheckpointMismatch naming it.
     """
     config = model.config
+    layout = checkpoint_layout(config)
     expert_mapping = FusedMoE.make_expert_params_mapping(
         ckpt_gate_proj_name="gate_proj", ckpt_down_proj_name="down_proj",
         ckpt_up_proj_name="up_proj", num_experts=config.n_routed_experts,
@@ -435,14 +437,25 @@ def load_megrez_weights(model: MegrezMoeForCausalLM,
         written[param_name] += 1
 
     for name, tensor in weights:
-        if ".mlp.experts." in name:  # routed experts (never `mlp.shared_experts.`)
-            layer_id = int(name.split(".")[2])
-            if not config.is_owner_layer(layer_id):
+        if name not in layout:
+            if ".mlp.experts." in name and config.is_moe_layer(int(name.split(".")[2])):
+                layer_id = int(name.split(".")[2])
                 raise CheckpointMismatch(
                     f"checkpoint tensor {name!r}: layer {layer_id} is not the owner of its "
-                    "expert-sharing group, so it stores no experts (owner: "
-                    f"{config.owner_layer(layer_id) if config.is_moe_layer(layer_id) else 'none, dense layer'})"
+                    f"expert-sharing group, so it stores no experts (owner: layer "
+                    f"{config.owner_layer(layer_id)})"
                 )
+            raise CheckpointMismatch(
+                f"checkpoint tensor {name!r} {tuple(tensor.shape)} has no place in "
+                "MegrezMoeForCausalLM; is it a Megrez2 checkpoint whose config.json matches "
+                "its weights?"
+            )
+        if tensor.shape != layout[name]:
+            raise CheckpointMismatch(
+                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, but this config "
+                f"expects {tuple(layout[name])}"
+            )
+        if ".mlp.experts." in name:  # routed experts (never `mlp.shared_experts.`)
             for param_suffix, weight_part, expert_id, shard_id in expert_mapping:
                 if weight_part in name:
                     write(name.replace(weight_part, param_suffix), name, tensor, name,

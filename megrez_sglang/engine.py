@@ -1,0 +1,63 @@
+"""Starting SGLang for Megrez2 on this host: the engine (in-process) and the server's arguments.
+
+One place decides the device-dependent settings, so that the offline script, the server script,
+the tests and the benchmarks run SGLang the same way: FlashInfer attention on CUDA; on a CPU
+host SGLang's CPU engine (see cpu_runtime) with torch-native attention, a bounded KV cache and an
+idle scheduler that sleeps instead of spinning.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .cpu_runtime import configure_sglang_for_host
+
+# On CPU the default mem_fraction_static sizes the KV cache from RAM (~15 GB) and slows start-up
+# to ~40 s; a bounded cache is plenty for a development machine.
+CPU_MAX_TOTAL_TOKENS = 16384
+
+
+class EngineStartError(RuntimeError):
+    """SGLang's engine failed to start (its scheduler process died); see the log above."""
+
+
+def raise_engine_start_error(*_args) -> None:
+    """SGLang's custom_sigquit_handler: without one, a failed start SIGKILLs the calling process.
+    A module-level function because SGLang pickles it into its subprocesses."""
+    raise EngineStartError("SGLang's scheduler failed to start: see the log above")
+
+
+def engine_args(model_path: str, *, device: str | None = None, tp_size: int = 1,
+                **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``sglang.Engine`` / ``ServerArgs`` for this host."""
+    device = device or configure_sglang_for_host()
+    args: dict[str, Any] = dict(model_path=model_path, tp_size=tp_size)
+    if device == "cuda":
+        args.update(attention_backend="flashinfer")
+    else:
+        args.update(
+            device="cpu",
+            attention_backend="torch_native",
+            max_total_tokens=CPU_MAX_TOTAL_TOKENS,
+            sleep_on_idle=True,
+        )
+        if tp_size > 1:
+            # One NUMA node here: bind rank i to core i (SGLang asserts otherwise).
+            cores = os.cpu_count() or tp_size
+            per_rank = max(1, cores // tp_size)
+            os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "|".join(
+                f"{r * per_rank}-{r * per_rank + per_rank - 1}" if per_rank > 1 else str(r)
+                for r in range(tp_size)
+            ))
+    args.update(overrides)
+    return args
+
+
+def start_engine(model_path: str, **kwargs: Any):
+    """An ``sglang.Engine`` for `model_path` on this host (kwargs override engine_args)."""
+    device = configure_sglang_for_host()
+    import sglang
+
+    kwargs.setdefault("custom_sigquit_handler", raise_engine_start_error)
+    return sglang.Engine(**engine_args(model_path, device=kwargs.pop("device", device), **kwargs))
