@@ -41,14 +41,41 @@ def standin_trace(tmp_path_factory) -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_engine(tiny_checkpoint, standin_trace):
-    """The default tiny checkpoint in float32 (radix cache on)."""
-    from megrez_sglang.engine import start_engine
+class EnginePool:
+    """At most one sglang.Engine alive in the test process: Engine.shutdown() kills every child
+    process of the caller (SGLang's blanket kill_process_tree), so a second engine's shutdown
+    would kill the first one's scheduler. Asking for another engine shuts the current one down."""
 
-    engine = start_engine(tiny_checkpoint, dtype="float32", log_level="error")
-    yield engine
-    engine.shutdown()
+    def __init__(self):
+        self.key, self.engine = None, None
+
+    def get(self, model_path: str, **kwargs):
+        from megrez_sglang.engine import start_engine
+
+        key = (model_path, tuple(sorted(kwargs.items())))
+        if key != self.key:
+            self.close()
+            kwargs.setdefault("log_level", "error")
+            self.engine, self.key = start_engine(model_path, **kwargs), key
+        return self.engine
+
+    def close(self):
+        if self.engine is not None:
+            self.engine.shutdown()
+        self.key, self.engine = None, None
+
+
+@pytest.fixture(scope="session")
+def engines(standin_trace):
+    pool = EnginePool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def tiny_engine(engines, tiny_checkpoint):
+    """The default tiny checkpoint in float32 (radix cache on)."""
+    return engines.get(tiny_checkpoint, dtype="float32")
 
 
 def pytest_sessionfinish(session, exitstatus):

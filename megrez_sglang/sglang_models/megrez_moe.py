@@ -147,8 +147,11 @@ class MegrezMoeSparseBlock(nn.Module):
         else:  # a plain attribute, not a submodule: the weights stay registered once
             object.__setattr__(self, "experts", group_experts)
         self.topk.bind_runner_backend(self.experts.runner_backend)
+        # The shared experts' width comes from the checkpoint's expert width: SGLang pads
+        # moe_intermediate_size for CPU tensor parallelism, which this MLP's loader does not know.
+        expert_width = getattr(config, "original_moe_intermediate_size", None) or config.moe_intermediate_size
         self.shared_experts = (
-            MegrezMoeMLP(config.hidden_size, config.moe_intermediate_size * config.n_shared_experts,
+            MegrezMoeMLP(config.hidden_size, expert_width * config.n_shared_experts,
                          quant_config, add_prefix("shared_experts", prefix))
             if config.n_shared_experts else None
         )
@@ -378,6 +381,25 @@ STACKED_PARAMS = [
 ]
 
 
+# SGLang's CPU path pads these fields in place for tensor parallelism and keeps the checkpoint's
+# value under "original_<field>" (sglang/srt/configs/update_config.py).
+_PADDED_BY_SGLANG = {
+    "moe_intermediate_size": "original_moe_intermediate_size",
+    "intermediate_size": "original_intermediate_size",
+    "num_attention_heads": "original_num_attention_heads",
+    "num_key_value_heads": "original_total_num_kv_heads",
+}
+
+
+def checkpoint_config(config: MegrezMoeConfig) -> MegrezMoeConfig:
+    """The config as the checkpoint was written, before SGLang padded any field."""
+    fields = config.to_dict()
+    for field, original in _PADDED_BY_SGLANG.items():
+        if getattr(config, original, None) is not None:
+            fields[field] = getattr(config, original)
+    return MegrezMoeConfig(**{k: v for k, v in fields.items() if not k.startswith("original_")})
+
+
 class CheckpointMismatch(ValueError):
     """The checkpoint's tensors do not match the Megrez2 model built from its config."""
 
@@ -392,7 +414,7 @@ def load_megrez_weights(model: MegrezMoeForCausalLM,
     that does not fit, or a parameter left unwritten raises CheckpointMismatch naming it.
     """
     config = model.config
-    layout = checkpoint_layout(config)
+    layout = checkpoint_layout(checkpoint_config(config))
     expert_mapping = FusedMoE.make_expert_params_mapping(
         ckpt_gate_proj_name="gate_proj", ckpt_down_proj_name="down_proj",
         ckpt_up_proj_name="up_proj", num_experts=config.n_routed_experts,
