@@ -13,7 +13,10 @@ shapes. The same arguments give byte-identical files.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .config import MegrezMoeConfig
+from .prompts import PROMPTS_DIR
 from .tokenizer import PAD_TOKEN, STOP_TOKENS, save_tokenizer, train_tokenizer
 
 # Regular-token budget of the trained tokenizer (the corpus yields ~3.3k); specials come after.
@@ -157,6 +161,33 @@ def build_checkpoint(
     if preset != "real-config":
         save_weights(random_state_dict(config, seed, bigram_prior), out_dir, max_shard_size)
     return out_dir
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEGREZ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "megrez-sglang")
+
+
+def cached_checkpoint(preset: str = "tiny", seed: int = 0) -> Path:
+    """A checkpoint built once and reused: under the user cache, keyed by the builder's sources
+    (so a change to the builder, tokenizer, corpus or prompts builds a fresh one)."""
+    package = Path(__file__).parent
+    sources = [package / f for f in ("build_checkpoint.py", "config.py", "reference.py", "prompts.py")]
+    sources += sorted(p for p in (package / "tokenizer").rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts)
+    sources += [PROMPTS_DIR / "system_default.txt"]
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(path.name.encode() + path.read_bytes())
+    target = cache_dir() / "checkpoints" / f"{preset}-seed{seed}-{digest.hexdigest()[:12]}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same one
+        if not (target / "config.json").exists():
+            staging = build_checkpoint(target.parent / f".{target.name}.{os.getpid()}", preset, seed)
+            os.replace(staging, target)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,3 +104,11 @@ def test_the_registry_gets_a_loud_stand_in_when_the_model_cannot_import(monkeypa
     assert stand_in.__name__ == "MegrezMoeForCausalLM"
     with pytest.raises(registration.ModelModuleImportError, match="megrez_moe failed to import"):
         stand_in(config=None)
+
+
+def test_dummy_weights_load_at_the_checkpoint_shapes(engines, tiny_checkpoint):
+    """load_format="dummy" (random weights at the real shapes, for GPU benchmarks) builds and runs
+    the model without reading the safetensors."""
+    engine = engines.get(tiny_checkpoint, dtype="bfloat16", load_format="dummy")
+    out = engine.generate(input_ids=[[100, 200, 300]], sampling_params=GREEDY)
+    assert len(out[0]["output_ids"]) == GREEDY["max_new_tokens"]

@@ -1,0 +1,162 @@
+"""Offline generation with Megrez2 on SGLang: the model card's two demos, or your own prompts.
+
+    python infer_sglang_offline.py [MODEL_PATH] [--prompt TEXT] [--chat TEXT] [--stream] [--json] ...
+
+Without MODEL_PATH it builds (once, then cached) and uses the project's tiny checkpoint, whose
+weights are random: it shows the pipeline working, not a trained model's answers. MODEL_PATH is a
+local Megrez2 checkpoint directory or a Hugging Face hub id (downloaded where the machine is
+online). Sampling defaults to the card's temperature 0.7 and top_p 0.9. The device is CUDA with
+FlashInfer attention when torch sees a GPU, otherwise SGLang's CPU path (--device overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+CARD_COMPLETION = "世界上最高的山峰是"
+CARD_CHAT = "世界上最高的山峰是哪座？"
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model_path", nargs="?", help="Megrez2 checkpoint directory or hub id "
+                   "(default: the project's tiny checkpoint, built once)")
+    p.add_argument("--prompt", action="append", help="text to complete (repeatable)")
+    p.add_argument("--chat", action="append", help="a user message, sent through the chat template (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible samples)")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallel size")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    p.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
+    args = p.parse_args(argv)
+    if args.max_new_tokens < 1:
+        p.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature < 0:
+        p.error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.tp < 1:
+        p.error(f"--tp must be >= 1, got {args.tp}")
+    return args
+
+
+def resolve_model(model_path: str | None) -> str:
+    """A local Megrez2 checkpoint directory, checked before SGLang sees it."""
+    if model_path is None:
+        from megrez_sglang.build_checkpoint import cached_checkpoint
+
+        return str(cached_checkpoint("tiny"))
+    path = Path(model_path).expanduser()
+    if not path.exists():
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", model_path) and not model_path.startswith("."):
+            path = download(model_path)
+        else:
+            raise UsageError(f"model path {model_path!r} does not exist")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UsageError(f"{model_path!r} is not a model checkpoint: no config.json in {path}")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{config_file} is not valid JSON: {e}") from None
+    if config.get("model_type") != "megrez_moe" or "MegrezMoeForCausalLM" not in config.get("architectures", []):
+        raise UsageError(
+            f"{model_path!r} is not a Megrez2 checkpoint: config.json has model_type "
+            f"{config.get('model_type')!r} and architectures {config.get('architectures')}, "
+            "expected 'megrez_moe' / ['MegrezMoeForCausalLM']"
+        )
+    if not list(path.glob("*.safetensors")):
+        raise UsageError(f"{model_path!r} has no *.safetensors weights (a config-only checkpoint?)")
+    return str(path)
+
+
+def download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as e:  # offline, unknown repo, gated...
+        raise UsageError(f"model path {repo_id!r} does not exist locally and could not be "
+                         f"downloaded from the Hugging Face hub ({type(e).__name__})") from None
+
+
+def requests_from(args: argparse.Namespace, tokenizer) -> list[tuple[str, str, str]]:
+    """(kind, what the user asked, the text sent to the model)."""
+    completions = args.prompt if args.prompt or args.chat else [CARD_COMPLETION]
+    chats = args.chat if args.prompt or args.chat else [CARD_CHAT]
+    out = [("completion", p, p) for p in completions or []]
+    for message in chats or []:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": message}],
+                                             tokenize=False, add_generation_prompt=True)
+        out.append(("chat", message, text))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device != "auto":
+        os.environ["MEGREZ_DEVICE"] = args.device  # read when megrez_sglang configures SGLang
+    try:
+        import megrez_sglang  # noqa: F401  (configures SGLang for this host first)
+        from megrez_sglang.engine import start_engine
+
+        model = resolve_model(args.model_path)
+    except UsageError as e:
+        print(f"infer_sglang_offline.py: error: {e}", file=sys.stderr)
+        return 2
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    engine_kwargs = {"tp_size": args.tp, "log_level": "error"}
+    if args.seed is not None:
+        engine_kwargs["random_seed"] = args.seed
+    engine = start_engine(model, **engine_kwargs)
+    try:
+        sampling = {"temperature": args.temperature, "top_p": args.top_p,
+                    "max_new_tokens": args.max_new_tokens}
+        if args.seed is not None:
+            sampling["sampling_seed"] = args.seed
+        for kind, asked, text in requests_from(args, tokenizer):
+            if args.stream:
+                if not args.json:
+                    print(f"[{kind}] {asked}\n", end="", flush=True)
+                shown = ""
+                for chunk in engine.generate(text, sampling, stream=True):
+                    # each chunk carries the whole text so far: print what is new
+                    if not args.json:
+                        print(chunk["text"][len(shown):], end="", flush=True)
+                    shown = chunk["text"]
+                result = chunk
+                if not args.json:
+                    print("\n")
+            else:
+                result = engine.generate(text, sampling)
+                if not args.json:
+                    print(f"[{kind}] {asked}\n{result['text']}\n")
+            if args.json:
+                meta = result["meta_info"]
+                print(json.dumps({
+                    "kind": kind, "input": asked, "text": result["text"], "model": model,
+                    "prompt_tokens": meta["prompt_tokens"], "completion_tokens": meta["completion_tokens"],
+                    "finish_reason": meta["finish_reason"],
+                }, ensure_ascii=False), flush=True)
+    finally:
+        engine.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
