@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import megrez_sglang  # noqa: F401  (before sglang)
 import torch
@@ -22,7 +23,7 @@ def gpu_memory_used_mib() -> int:
 
 
 def fidelity(workdir: str) -> bool:
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.fidelity import prompt_ids, reference_greedy, sglang_greedy
 
     path = str(build_checkpoint(f"{workdir}/tiny", "tiny"))
@@ -35,22 +36,12 @@ def fidelity(workdir: str) -> bool:
     from transformers import AutoModelForCausalLM
 
     ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda().eval()
-    expected = reference_greedy(path, [p for p in prompts], model=_on_cuda(ref_model))
+    expected = reference_greedy(path, prompts, model=ref_model)
     same = [t for t, _ in got] == [r.tokens for r in expected]
     diff = max(abs(a - b) for r, (_, lp) in zip(expected, got) for a, b in zip(r.logprobs, lp))
     print(f"[fidelity] tiny checkpoint, bf16, flashinfer + CUDA graphs: greedy tokens "
           f"{'MATCH' if same else 'DIFFER'} on {len(prompts)} prompts x 32; max |dlogprob| {diff:.4f}")
     return same
-
-
-def _on_cuda(model):
-    original = model.generate
-
-    def generate(input_ids, **kw):
-        return original(input_ids.cuda(), **kw)
-
-    model.generate = generate
-    return model
 
 
 def decode_throughput(workdir: str, batches: list[int], new_tokens: int) -> None:

@@ -38,11 +38,11 @@ def reference_greedy(path: str, prompts: list[list[int]], dtype=torch.float32, m
     out = []
     for ids in prompts:
         with torch.no_grad():
-            g = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False,
+            g = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=new_tokens, do_sample=False,
                                output_scores=True, return_dict_in_generate=True,
                                eos_token_id=None, pad_token_id=0)
         tokens = g.sequences[0, len(ids):].tolist()
-        logits = [s[0].float() for s in g.scores]
+        logits = [s[0].float().cpu() for s in g.scores]
         logprobs = [torch.log_softmax(l, -1)[t].item() for l, t in zip(logits, tokens)]
         out.append(Greedy(tokens, logprobs, logits))
     return out
