@@ -14,16 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-from pathlib import Path
 
 CARD_COMPLETION = "世界上最高的山峰是"
 CARD_CHAT = "世界上最高的山峰是哪座？"
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit status 2."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,46 +46,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def resolve_model(model_path: str | None) -> str:
-    """A local Megrez2 checkpoint directory, checked before SGLang sees it."""
-    if model_path is None:
-        from megrez_sglang.build_checkpoint import cached_checkpoint
-
-        return str(cached_checkpoint("tiny"))
-    path = Path(model_path).expanduser()
-    if not path.exists():
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", model_path) and not model_path.startswith("."):
-            path = download(model_path)
-        else:
-            raise UsageError(f"model path {model_path!r} does not exist")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise UsageError(f"{model_path!r} is not a model checkpoint: no config.json in {path}")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{config_file} is not valid JSON: {e}") from None
-    if config.get("model_type") != "megrez_moe" or "MegrezMoeForCausalLM" not in config.get("architectures", []):
-        raise UsageError(
-            f"{model_path!r} is not a Megrez2 checkpoint: config.json has model_type "
-            f"{config.get('model_type')!r} and architectures {config.get('architectures')}, "
-            "expected 'megrez_moe' / ['MegrezMoeForCausalLM']"
-        )
-    if not list(path.glob("*.safetensors")):
-        raise UsageError(f"{model_path!r} has no *.safetensors weights (a config-only checkpoint?)")
-    return str(path)
-
-
-def download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id))
-    except Exception as e:  # offline, unknown repo, gated...
-        raise UsageError(f"model path {repo_id!r} does not exist locally and could not be "
-                         f"downloaded from the Hugging Face hub ({type(e).__name__})") from None
-
-
 def requests_from(args: argparse.Namespace, tokenizer) -> list[tuple[str, str, str]]:
     """(kind, what the user asked, the text sent to the model)."""
     completions = args.prompt if args.prompt or args.chat else [CARD_COMPLETION]
@@ -111,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import megrez_sglang  # noqa: F401  (configures SGLang for this host first)
         from megrez_sglang.engine import start_engine
+        from megrez_sglang.model_path import ModelPathError, resolve_model_path
 
-        model = resolve_model(args.model_path)
-    except UsageError as e:
+        model = resolve_model_path(args.model_path)
+    except ModelPathError as e:
         print(f"infer_sglang_offline.py: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Serve Megrez2 with SGLang's HTTP server (OpenAI-compatible API at /v1, native /generate).
+#
+#   ./launch_server.sh [MODEL_PATH] [--host 127.0.0.1] [--port 30000] [--tp N]
+#                      [--served-model-name megrez-moe] [-- extra SGLang flags]
+#
+# Listens on 127.0.0.1 unless --host says otherwise; requires "Authorization: Bearer $MEGREZ_API_KEY"
+# when MEGREZ_API_KEY is set; FlashInfer attention on CUDA, torch-native on CPU. Prints the URL once
+# the server is healthy; exits non-zero with a message when the model path does not exist or the
+# port is taken. SIGTERM / Ctrl-C stops every process it started. Without MODEL_PATH it serves the
+# project's tiny random checkpoint.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+exec "$root/scripts/run.sh" python -m megrez_sglang.server "$@"

@@ -1,0 +1,52 @@
+"""Checking a model path before SGLang sees it, so that mistakes get one clear line."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+
+class ModelPathError(ValueError):
+    """The given model path is missing or is not a Megrez2 checkpoint."""
+
+
+def resolve_model_path(model_path: str | None, *, need_weights: bool = True) -> str:
+    """A local Megrez2 checkpoint directory: `model_path`, a hub id downloaded where the machine
+    is online, or (None) the project's tiny checkpoint, built once and cached."""
+    if model_path is None:
+        from .build_checkpoint import cached_checkpoint
+
+        return str(cached_checkpoint("tiny"))
+    path = Path(model_path).expanduser()
+    if not path.exists():
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", model_path) and not model_path.startswith("."):
+            path = _download(model_path)
+        else:
+            raise ModelPathError(f"model path {model_path!r} does not exist")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelPathError(f"{model_path!r} is not a model checkpoint: no config.json in {path}")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelPathError(f"{config_file} is not valid JSON: {e}") from None
+    if config.get("model_type") != "megrez_moe" or "MegrezMoeForCausalLM" not in config.get("architectures", []):
+        raise ModelPathError(
+            f"{model_path!r} is not a Megrez2 checkpoint: config.json has model_type "
+            f"{config.get('model_type')!r} and architectures {config.get('architectures')}, "
+            "expected 'megrez_moe' / ['MegrezMoeForCausalLM']"
+        )
+    if need_weights and not list(path.glob("*.safetensors")):
+        raise ModelPathError(f"{model_path!r} has no *.safetensors weights (a config-only checkpoint?)")
+    return str(path)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as e:  # offline, unknown repo, gated...
+        raise ModelPathError(f"model path {repo_id!r} does not exist locally and could not be "
+                             f"downloaded from the Hugging Face hub ({type(e).__name__})") from None

@@ -1,0 +1,54 @@
+"""infer_sglang_offline.py end to end (subprocesses, CPU)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "infer_sglang_offline.py")
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_card_demos_by_default_reproducible_with_a_seed(tiny_checkpoint, engines):
+    engines.close()
+    outputs = []
+    for _ in range(2):
+        r = run(tiny_checkpoint, "--json", "--seed", "3", "--max-new-tokens", "16")
+        assert r.returncode == 0, r.stderr[-2000:]
+        outputs.append([json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")])
+    first, second = outputs
+    assert [(o["kind"], o["input"]) for o in first] == [
+        ("completion", "世界上最高的山峰是"), ("chat", "世界上最高的山峰是哪座？")]
+    assert all(o["completion_tokens"] == 16 for o in first)
+    assert first[1]["prompt_tokens"] > first[0]["prompt_tokens"]  # chat template around it
+    assert [o["text"] for o in first] == [o["text"] for o in second]  # temperature 0.7, same seed
+
+
+def test_streaming_prints_the_text_as_it_comes(tiny_checkpoint):
+    r = run(tiny_checkpoint, "--stream", "--chat", "你好", "--max-new-tokens", "8", "--temperature", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("[chat] 你好\n") and len(r.stdout.strip().splitlines()) >= 2
+
+
+def test_missing_path_is_one_line_not_a_traceback():
+    r = run("/nonexistent/megrez2")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "infer_sglang_offline.py: error: model path '/nonexistent/megrez2' does not exist"
+
+
+def test_a_checkpoint_that_is_not_megrez2_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    r = run(str(tmp_path))
+    assert r.returncode == 2
+    assert "is not a Megrez2 checkpoint: config.json has model_type 'llama'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_sampling_arguments_are_refused():
+    r = run("--top-p", "1.5")
+    assert r.returncode == 2 and "--top-p must be in (0, 1], got 1.5" in r.stderr
