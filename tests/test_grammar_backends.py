@@ -1,0 +1,56 @@
+"""The output-format constraints under each of SGLang's grammar backends (engine, CPU)."""
+
+import json
+import re
+
+import pytest
+
+from .test_programs import is_boxed_answer
+
+from megrez_sglang.programs.grammars import (BOXED_EBNF, BOXED_REGEX, UnsupportedConstraint,
+                                             answer_json_regex, answer_json_schema,
+                                             require_support)
+
+PROMPTS = ["1 + 1 =", "答案：", "The final answer is", "世界上最高的山峰是"]
+SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256}
+
+
+@pytest.fixture(params=["xgrammar", "outlines", "llguidance"])
+def backend(request, engines, tiny_checkpoint):
+    engine = engines.get(tiny_checkpoint, grammar_backend=request.param,
+                         constrained_json_disable_any_whitespace=True)
+    return request.param, engine
+
+
+def test_regex_json_schema_and_ebnf_per_backend(backend):
+    name, engine = backend
+    boxed = engine.generate(PROMPTS, {**SAMPLING, "regex": BOXED_REGEX})
+    assert all(is_boxed_answer(o["text"]) for o in boxed), [o["text"] for o in boxed]
+    letters = ["B", "D", "F"]
+    regex = engine.generate(PROMPTS, {**SAMPLING, "regex": answer_json_regex(letters)})
+    assert all(json.loads(o["text"])["answer"] in letters for o in regex)
+    schema = engine.generate(PROMPTS, {**SAMPLING, "json_schema": json.dumps(answer_json_schema(letters))})
+    assert all(set(json.loads(o["text"])) == {"answer"} and json.loads(o["text"])["answer"] in letters
+               for o in schema)
+    if name == "outlines":
+        with pytest.raises(UnsupportedConstraint, match="outlines grammar backend cannot compile ebnf"):
+            require_support(name, "ebnf")
+        with pytest.raises(ValueError, match="Failed to compile ebnf grammar"):  # SGLang's own error
+            engine.generate(PROMPTS[0], {**SAMPLING, "ebnf": BOXED_EBNF})
+    else:
+        require_support(name, "ebnf")
+        ebnf = engine.generate(PROMPTS, {**SAMPLING, "ebnf": BOXED_EBNF})
+        assert all(is_boxed_answer(o["text"]) for o in ebnf), [o["text"] for o in ebnf]
+
+
+def test_an_invalid_regex_is_a_clear_error(engines, tiny_checkpoint):
+    engine = engines.get(tiny_checkpoint, grammar_backend="xgrammar",
+                         constrained_json_disable_any_whitespace=True)
+    with pytest.raises(ValueError, match="Failed to compile regex"):
+        engine.generate("x", {"max_new_tokens": 4, "regex": "[a-"})
+    assert engine.generate("x", {"max_new_tokens": 4, "regex": "[a-c]"})["text"] in ("a", "b", "c")
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown grammar backend 'lmformat'"):
+        require_support("lmformat", "regex")
