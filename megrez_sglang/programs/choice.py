@@ -26,6 +26,7 @@ class ChoiceResult:
     letter: str | None  # one of the item's letters; None when an unconstrained run gave none
     reasoning: str
     text: str
+    completion_tokens: int = 0
 
 
 @dataclass

@@ -1,0 +1,11 @@
+"""The model card's benchmarks, one file each: ``python -m eval --help``."""
+
+from .ceval import CEval
+from .gsm8k import GSM8K
+from .humaneval import HumanEval
+from .ifeval import IFEval
+from .math500 import Math500
+from .mbpp import MBPP
+from .mmlu_pro import MMLUPro
+
+BENCHMARKS = {b.name: b for b in (CEval, MMLUPro, IFEval, Math500, GSM8K, HumanEval, MBPP)}

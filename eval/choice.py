@@ -1,0 +1,28 @@
+"""What the multiple-choice benchmarks (C-Eval, MMLU-Pro) share: extraction and voting on letters."""
+
+from __future__ import annotations
+
+from megrez_sglang.answers import extract_choice, majority_answer
+
+from .benchmark import Benchmark, mean
+
+
+class ChoiceBenchmark(Benchmark):
+    kind = "choice"
+    metric = "EM"
+    max_tokens = 1024
+
+    def extract(self, item, text):
+        return extract_choice(text, item.letters)
+
+    def grade(self, item, samples):
+        letter, votes = majority_answer([s.answer for s in samples])
+        return {"correct": float(letter == item.gold), "voted": letter, "votes": votes,
+                "sample_accuracy": mean(s.answer == item.gold for s in samples)}
+
+    @staticmethod
+    def accuracy_by(records, key: str) -> dict[str, float]:
+        groups: dict[str, list[float]] = {}
+        for r in records:
+            groups.setdefault(r["meta"][key], []).append(r["grade"]["correct"])
+        return {k: 100 * mean(v) for k, v in sorted(groups.items())}

@@ -1,0 +1,79 @@
+"""Asking the model: the openai client against an SGLang server, concurrently.
+
+With --constrained (the default) math and multiple choice go through the structured-output
+recipes (the final answer forced into \\boxed{}, the letter into {"answer": "<L>"} with only the
+item's letters); with --free every item is one plain chat request and the benchmark reads the
+answer out of the text. IFEval and code are free text either way. Every sample has its own seed,
+derived from --seed, the benchmark, the item and the sample index: a rerun asks the same thing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+
+import openai
+
+from megrez_sglang.programs.openai_recipes import boxed_math_reply, choice_reply
+
+from .benchmark import Benchmark, Item, Sample
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.7  # the card's
+    top_p: float = 0.9
+    seed: int = 0
+    constrained: bool = True
+    max_tokens: int | None = None  # default: the benchmark's
+    reasoning_max_tokens: int | None = None  # math, constrained: the reasoning budget
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_seed(seed: int, benchmark: str, item_id: str, index: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{benchmark}/{item_id}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class ServerSampler:
+    def __init__(self, base_url: str, config: SamplingConfig, api_key: str | None = None,
+                 model: str | None = None, timeout_s: float = 600):
+        self.client = openai.OpenAI(base_url=f"{base_url.rstrip('/')}/v1", api_key=api_key or "EMPTY",
+                                    timeout=timeout_s, max_retries=2)
+        self.model = model or self.client.models.list().data[0].id
+        self.config = config
+        self.base_url, self.api_key = base_url.rstrip("/"), api_key
+
+    def model_path(self) -> str:
+        """The checkpoint the server serves (SGLang's /get_model_info), else the served name."""
+        import requests
+
+        try:
+            r = requests.get(f"{self.base_url}/get_model_info", timeout=10,
+                             headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})
+            return r.json()["model_path"]
+        except Exception:  # noqa: BLE001 - not an SGLang server
+            return self.model
+
+    def sample(self, bench: Benchmark, item: Item, index: int) -> Sample:
+        c = self.config
+        params = {"temperature": c.temperature, "top_p": c.top_p,
+                  "seed": sample_seed(c.seed, bench.name, item.id, index)}
+        max_tokens = c.max_tokens or bench.max_tokens
+        messages = [{"role": "user", "content": item.prompt}]
+        start = time.perf_counter()
+        if c.constrained and bench.kind == "math":
+            r = boxed_math_reply(self.client, self.model, messages,
+                                 reasoning_max_tokens=c.reasoning_max_tokens or max_tokens, **params)
+            return Sample(r.text, r.answer, r.completion_tokens, time.perf_counter() - start)
+        if c.constrained and bench.kind == "choice":
+            r = choice_reply(self.client, self.model, messages, item.letters, **params)
+            return Sample(r.text, r.letter, r.completion_tokens, time.perf_counter() - start)
+        reply = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                    max_tokens=max_tokens, **params)
+        text = reply.choices[0].message.content or ""
+        return Sample(text, bench.extract(item, text), reply.usage.completion_tokens,
+                      time.perf_counter() - start)
