@@ -13,6 +13,7 @@ run. Target: batch-1 decode >= 60 % of the roofline. Needs CUDA.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +50,12 @@ def copy_bandwidth_gb_s(gib: float = 2.0, repeats: int = 20) -> float:
     return 2 * n * 2 * repeats / elapsed / 1e9
 
 
+def gpu_memory_used_mib() -> int:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
 def decode_rate(engine, batch: int, new_tokens: int) -> float:
     prompts = [[1000 + 7 * i + j for j in range(16)] for i in range(batch)]
     params = {"temperature": 0.0, "ignore_eos": True}
@@ -82,15 +89,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = str(build_checkpoint(Path(tmp) / "real", "real-config"))
         for backend in args.backends.split(","):
+            before = gpu_memory_used_mib()
             engine = start_engine(model, load_format="dummy", dtype="bfloat16", log_level="error",
                                   attention_backend=backend, mem_fraction_static=0.8,
                                   cuda_graph_bs_decode=batches)
             try:
+                memory = gpu_memory_used_mib() - before
+                print(f"[{backend}] GPU memory used by the engine (weights, KV cache, graphs): {memory} MiB")
                 for batch in batches:
                     tps = decode_rate(engine, batch, args.new_tokens)
                     per_seq = tps / batch
                     rows.append([backend, batch, tps, per_seq, 100 * per_seq / roofline])
                     records.append({"attention_backend": backend, "batch": batch, "tokens_per_s": tps,
+                                    "engine_gpu_memory_mib": memory,
                                     "steps_per_s": per_seq, "percent_of_batch1_roofline": 100 * per_seq / roofline})
             finally:
                 engine.shutdown()

@@ -9,7 +9,7 @@ import json
 
 from megrez_sglang.prompts import choice_prompt, option_letters
 
-from .benchmark import Item, require_file
+from .benchmark import Item, mean, require_file
 from .choice import ChoiceBenchmark
 
 
@@ -33,7 +33,5 @@ class MMLUPro(ChoiceBenchmark):
                     gold=r["answer"], letters=option_letters(options), meta={"category": r["category"]})
 
     def summarize(self, records):
-        from .benchmark import mean
-
         return {"score": 100 * mean(r["grade"]["correct"] for r in records), "n": len(records),
                 "by_category": self.accuracy_by(records, "category")}

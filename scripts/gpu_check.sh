@@ -4,7 +4,8 @@
 #      the GPU, with FlashInfer attention and CUDA graphs on (bfloat16);
 #   2. loads the REAL-shape config with dummy bfloat16 weights and prints decode tokens/s at batch
 #      1 and 64 and the GPU memory used.
-# Not part of CI (CI machines have no GPU). Usage: scripts/gpu_check.sh [extra args for gpu_check.py]
+# Not part of CI (CI machines have no GPU). Usage: scripts/gpu_check.sh
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-exec "$root/scripts/run.sh" python "$root/scripts/gpu_check.py" "$@"
+"$root/scripts/run.sh" python "$root/scripts/gpu_check.py"
+exec "$root/scripts/run.sh" python "$root/bench/gpu_decode.py" --batches 1,64 --backends flashinfer

@@ -85,7 +85,7 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     assert digests(a)["tokenizer.json"] == digests(c)["tokenizer.json"]
 
 
-def test_small_preset_is_tens_of_megabytes_and_sharded(checkpoints, tmp_path):
+def test_small_preset_is_tens_of_megabytes_and_sharded(tmp_path):
     path = build_checkpoint(tmp_path / "small", "small", max_shard_size="20MB")
     size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
     assert 10e6 < size < 100e6

@@ -1,7 +1,6 @@
 """The output-format constraints under each of SGLang's grammar backends (engine, CPU)."""
 
 import json
-import re
 
 import pytest
 

@@ -48,9 +48,7 @@ def choice_reply(client, model: str, messages: list[dict], letters, **sampling) 
         response_format={"type": "json_schema", "json_schema": {
             "name": "choice", "schema": answer_json_schema(list(letters)), "strict": True}})
     text = r.choices[0].message.content or ""
-    result = ChoiceResult(json.loads(text)["answer"], "", text)
-    result.completion_tokens = r.usage.completion_tokens
-    return result
+    return ChoiceResult(json.loads(text)["answer"], "", text, r.usage.completion_tokens)
 
 
 def openai_math(client, model: str, question: str, *, lang: str = "zh",
