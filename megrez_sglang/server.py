@@ -20,6 +20,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
 
 from .cpu_runtime import configure_sglang_for_host
 from .engine import engine_args
@@ -53,6 +55,13 @@ def sglang_flags(args: dict) -> list[str]:
         elif value not in (False, None):
             flags += [flag, str(value)]
     return flags
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port the kernel reports free on `host` now (for tests and benchmarks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -160,6 +169,67 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stop(process)
+
+
+class ServerProcess:
+    """This module's server (or launch_server.sh) started as a child process, for tests,
+    benchmarks and scripts: returns once it has printed its URL (i.e. /health answered).
+
+        with ServerProcess(model, api_key="sk-...") as server:
+            requests.get(f"{server.url}/health")
+
+    `command` replaces ``python -m megrez_sglang.server`` (e.g. the path of launch_server.sh);
+    `env` is added to this process's environment (e.g. MEGREZ_API_KEY); stderr goes to `log_path`
+    (or is discarded)."""
+
+    def __init__(self, model: str | None = None, *, port: int | None = None,
+                 host: str = "127.0.0.1", args: Sequence[str] = (), extra: Sequence[str] = (),
+                 env: dict[str, str] | None = None, command: Sequence[str] | None = None,
+                 log_path: str | Path | None = None, timeout_s: float = STARTUP_TIMEOUT_S):
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        command = list(command or [sys.executable, "-m", "megrez_sglang.server"])
+        argv = [*command, *([model] if model else []), "--host", host, "--port", str(self.port),
+                *args, *(["--", *extra] if extra else [])]
+        self.log_path = Path(log_path) if log_path else None
+        self._log = open(self.log_path, "w+") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                        env={**os.environ, **(env or {})})
+        self.announcement = self._wait_for_announcement(timeout_s)
+
+    def _wait_for_announcement(self, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        for line in self.process.stdout:  # the supervisor prints the URL once healthy
+            if "is being served at" in line:
+                return line
+            if time.monotonic() > deadline:
+                break
+        self.stop()
+        raise ServerError(f"the server did not start; its log:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self.log_path is None:
+            return "(no log_path given)"
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout_s: float = 60) -> int:
+        """SIGTERM (the supervisor stops everything it started); its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if hasattr(self._log, "close"):
+            self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> "ServerProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 if __name__ == "__main__":

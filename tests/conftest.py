@@ -1,4 +1,10 @@
-"""Shared fixtures: checkpoints built once per session, engines started once per session.
+"""Shared fixtures: checkpoints built once per session, engines started once per session, one
+HTTP server shared by the server, programs and eval tests.
+
+Lanes: every test that starts SGLang (through the `engines` or `server` fixtures, or marked
+``slow`` by hand: its own server, a subprocess engine, a long run) is marked ``slow``;
+``pytest -m "not slow"`` is the quick lane. Order: quick tests, then engine tests (one engine
+alive at a time), then the shared server's tests, then tests that start servers of their own.
 
 Importing megrez_sglang first configures SGLang's CPU engine on hosts without CUDA.
 """
@@ -6,11 +12,46 @@ Importing megrez_sglang first configures SGLang's CPU engine on hosts without CU
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host before it is imported)
 from megrez_sglang.build_checkpoint import build_checkpoint
+from megrez_sglang.server import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "sk-123456"  # the card's example key
+ENGINE_FIXTURES = {"engines", "tiny_engine"}
+SERVER_FIXTURES = {"server", "client", "backend"}
+
+
+def pytest_collection_modifyitems(config, items):
+    def lane(item) -> int:
+        fixtures = set(item.fixturenames)
+        if ENGINE_FIXTURES & fixtures and not SERVER_FIXTURES & fixtures:
+            return 1
+        if SERVER_FIXTURES & fixtures:
+            return 2
+        return 3 if item.get_closest_marker("slow") else 0
+
+    for item in items:
+        if lane(item):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lane)  # stable: file order within a lane
+
+
+@pytest.fixture(scope="session")
+def full_data_dir() -> Path:
+    """The full benchmark mirror (laid out as described in eval/README.md): MEGREZ_EVAL_DATA, else
+    ../shared/data beside the clone (what CI has). Tests that need whole test sets skip without it;
+    everything else uses the small fixture files in tests/data."""
+    candidates = [os.environ.get("MEGREZ_EVAL_DATA"), ROOT.parent / "shared" / "data"]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "gsm8k" / "test.jsonl").is_file():
+            return Path(candidate)
+    pytest.skip("no full benchmark mirror (set MEGREZ_EVAL_DATA to a folder laid out like "
+                "eval/README.md describes); the fixture-based tests cover the same code")
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +111,25 @@ def engines(standin_trace):
     pool = EnginePool()
     yield pool
     pool.close()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint, engines, tmp_path_factory):
+    """launch_server.sh on the tiny checkpoint, with the card's API key; shared by the server,
+    programs and eval tests (SIGTERM and fault tests start their own)."""
+    engines.close()  # Engine.shutdown() kills every child of this process, a server included
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    s = ServerProcess(tiny_checkpoint, command=[str(ROOT / "launch_server.sh")], log_path=log,
+                      env={"MEGREZ_API_KEY": API_KEY})
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
 
 
 @pytest.fixture

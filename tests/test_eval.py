@@ -21,9 +21,8 @@ from eval.math500 import Math500
 from eval.mbpp import MBPP
 from eval.sandbox import isolation_level, run_program
 
-from .test_server import API_KEY, Server, free_port
+from .conftest import API_KEY, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name, rows", [("gsm8k", 1319), ("math500", 500), ("ceval", 1346),
@@ -186,12 +185,6 @@ def test_the_sandbox_uses_namespaces_here():
     assert isolation_level() == "namespaces"
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint, engines):
-    engines.close()
-    s = Server(tiny_checkpoint, free_port())
-    yield s
-    s.stop()
 
 
 def run_eval(*args, timeout=900):

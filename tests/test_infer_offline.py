@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "infer_sglang_offline.py")
 
@@ -14,8 +16,8 @@ def run(*args, timeout=300):
                           timeout=timeout, cwd=ROOT)
 
 
-def test_card_demos_by_default_reproducible_with_a_seed(tiny_checkpoint, engines):
-    engines.close()
+@pytest.mark.slow
+def test_card_demos_by_default_reproducible_with_a_seed(tiny_checkpoint):
     outputs = []
     for _ in range(2):
         r = run(tiny_checkpoint, "--json", "--seed", "3", "--max-new-tokens", "16")
@@ -29,6 +31,7 @@ def test_card_demos_by_default_reproducible_with_a_seed(tiny_checkpoint, engines
     assert [o["text"] for o in first] == [o["text"] for o in second]  # temperature 0.7, same seed
 
 
+@pytest.mark.slow
 def test_streaming_prints_the_text_as_it_comes(tiny_checkpoint):
     r = run(tiny_checkpoint, "--stream", "--chat", "你好", "--max-new-tokens", "8", "--temperature", "0")
     assert r.returncode == 0, r.stderr[-2000:]

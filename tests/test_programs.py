@@ -16,7 +16,7 @@ from megrez_sglang.programs.grammars import answer_json_regex
 from megrez_sglang.programs.openai_recipes import openai_choice, openai_math
 from megrez_sglang.prompts import option_letters
 
-from .test_server import API_KEY, Server, free_port
+from .conftest import API_KEY, ROOT
 
 RUNS = 50
 MATH_QUESTIONS = [f"小明有{a}个苹果，又买了{b}个，现在有多少个？" if a % 2 else f"What is {a} + {b}?"
@@ -36,12 +36,6 @@ CHOICE_ITEMS = [choice_item(i) for i in range(RUNS)]
 SAMPLING = dict(temperature=0.7, top_p=0.9)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint, engines):
-    engines.close()  # Engine.shutdown would kill a server started by this process
-    s = Server(tiny_checkpoint, free_port())
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

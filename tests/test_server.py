@@ -1,5 +1,6 @@
-"""launch_server.sh on the tiny checkpoint (CPU): the card's curl request, the openai client,
-SGLang's native API, radix-cache reuse, bad requests, concurrency and a clean shutdown."""
+"""launch_server.sh on the tiny checkpoint (CPU; the session's shared server): the card's curl
+request, the openai client, SGLang's native API, radix-cache reuse, bad requests, concurrency and
+a clean shutdown."""
 
 from __future__ import annotations
 
@@ -17,60 +18,9 @@ import psutil
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
-API_KEY = "sk-123456"  # the card's example key
+from megrez_sglang.server import ServerProcess
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model: str, port: int, api_key: str | None = API_KEY, extra=()):
-        env = {**os.environ}
-        if api_key:
-            env["MEGREZ_API_KEY"] = api_key
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = open(Path(model).parent / f"server-{port}.log", "w+")
-        self.process = subprocess.Popen(
-            [str(ROOT / "launch_server.sh"), model, "--port", str(port), *extra],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
-        )
-        deadline = time.monotonic() + 300
-        for line in self.process.stdout:  # the script prints the URL once healthy
-            if "is being served at" in line:
-                self.announcement = line
-                break
-            if time.monotonic() > deadline:
-                break
-        else:
-            self.log.seek(0)
-            raise RuntimeError(f"server did not start:\n{self.log.read()[-3000:]}")
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children(recursive=True)
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoint, engines):
-    engines.close()  # no engine of the test process alive next to the server (memory, cores)
-    s = Server(tiny_checkpoint, free_port())
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
+from .conftest import API_KEY, ROOT
 
 
 def test_script_announces_the_url_once_healthy(server):
@@ -194,12 +144,12 @@ def test_missing_model_path_and_taken_port_fail_clearly(server):
     assert f"port {port} on 127.0.0.1 is already in use" in taken.stderr
 
 
-def test_sigterm_stops_every_process_it_started(server):
-    """Last in this file: it stops the module's server."""
-    started = server.descendants()
+@pytest.mark.slow
+def test_sigterm_stops_every_process_it_started(tiny_checkpoint):
+    server = ServerProcess(tiny_checkpoint, command=[str(ROOT / "launch_server.sh")])
+    started = psutil.Process(server.process.pid).children(recursive=True)
     assert len(started) >= 3  # sglang.launch_server, its scheduler and detokenizer
-    server.process.send_signal(signal.SIGTERM)
-    assert server.process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert server.stop() == 128 + signal.SIGTERM
     time.sleep(1)
     alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == []
