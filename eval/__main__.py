@@ -6,7 +6,9 @@
                    [--constrained | --free] [--concurrency N] [--seed S]
 
 Against a running server (--base-url, e.g. launch_server.sh; the openai client, concurrent
-requests) or a server this command starts for --model (sgl.Runtime). Per benchmark, RUN_DIR gets
+requests) or a server this command starts for --model (sgl.Runtime). The items come from the
+Hugging Face hub (through `datasets` and its cache) unless --data-dir or MEGREZ_EVAL_DATA names a
+local mirror (layout: eval/README.md). Per benchmark, RUN_DIR gets
 <name>.jsonl (one line per item, written as it finishes: prompt, output, extracted answer,
 correct, tokens, latency); rerunning the same command resumes where it stopped. Then
 summary.json, summary.md (beside the card's figures) and summary.png; run.json records the
@@ -24,7 +26,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from . import BENCHMARKS
-from .benchmark import DEFAULT_DATA_DIR
+from .benchmark import DATA_DIR_ENV, BenchmarkDataError, data_dir_from_env
 from .report import write_summary
 from .runner import load_records, records_path, run_benchmark
 from .sampler import SamplingConfig, ServerSampler
@@ -43,8 +45,11 @@ def parse_args(argv):
     p.add_argument("--out", required=True, type=Path, help="the run directory (resumed if it exists)")
     p.add_argument("--limit", type=int, help="only the first N items of each benchmark")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    source.add_argument("--from-hub", action="store_true", help="load from the Hugging Face hub")
+    source.add_argument("--data-dir", type=Path, default=data_dir_from_env(),
+                        help=f"a local mirror of the benchmarks (default: ${DATA_DIR_ENV}; "
+                        "unset: the Hugging Face hub)")
+    source.add_argument("--from-hub", action="store_true",
+                        help=f"load from the Hugging Face hub even when {DATA_DIR_ENV} is set")
     p.add_argument("--samples", type=int, default=1, help="samples per item (majority vote for "
                    "math and choice, mean for IFEval, pass@1 for code)")
     mode = p.add_mutually_exclusive_group()
@@ -99,10 +104,11 @@ def main(argv=None) -> int:
     names = args.benchmarks.split(",")
     benchmarks = {n: BENCHMARKS[n]() for n in names}
     items = {}
+    data_dir = None if args.from_hub else args.data_dir
     for name, bench in benchmarks.items():
         try:
-            loaded = bench.load_from_hub() if args.from_hub else bench.load(args.data_dir)
-        except FileNotFoundError as e:
+            loaded = bench.items(data_dir)
+        except BenchmarkDataError as e:
             print(f"eval: {e}", file=sys.stderr)
             return 2
         items[name] = loaded[: args.limit] if args.limit else loaded
@@ -127,7 +133,7 @@ def main(argv=None) -> int:
         info = {
             "model": model_name or sampler.model_path(), "served_model": sampler.model, "server": base_url, "sampling": config.as_dict(),
             "samples": args.samples, "limit": args.limit,
-            "data": "hub" if args.from_hub else str(args.data_dir.resolve()),
+            "data": "hub" if data_dir is None else str(data_dir.resolve()),
             "benchmarks": names, "versions": versions(),
         }
         args.out.mkdir(parents=True, exist_ok=True)
