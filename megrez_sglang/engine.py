@@ -8,6 +8,7 @@ idle scheduler that sleeps instead of spinning.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -16,6 +17,11 @@ from .cpu_runtime import configure_sglang_for_host
 # On CPU the default mem_fraction_static sizes the KV cache from RAM (~15 GB) and slows start-up
 # to ~40 s; a bounded cache is plenty for a development machine.
 CPU_MAX_TOTAL_TOKENS = 16384
+
+
+# SGLang logs the custom_sigquit_handler it is given at error level, on every start.
+logging.getLogger("sglang.srt.entrypoints.engine").addFilter(
+    lambda record: not record.getMessage().startswith("Using custom SIGQUIT handler"))
 
 
 class EngineStartError(RuntimeError):

@@ -16,6 +16,17 @@ def run(*args, timeout=300):
                           timeout=timeout, cwd=ROOT)
 
 
+NOISE = ("Ignore import error", "Warning", "Cannot detect CUDA architecture", "No CUDA runtime",
+         "Using custom SIGQUIT handler", "deprecated")
+
+
+def assert_quiet(stderr: str) -> None:
+    """What SGLang prints on a CPU host about GPU-only features stays out of the user's way."""
+    noisy = [line for line in stderr.splitlines() if any(n in line for n in NOISE)]
+    assert noisy == [], noisy
+    assert len(stderr.splitlines()) <= 4, stderr
+
+
 @pytest.mark.slow
 def test_card_demos_by_default_reproducible_with_a_seed(tiny_checkpoint):
     outputs = []
@@ -24,6 +35,8 @@ def test_card_demos_by_default_reproducible_with_a_seed(tiny_checkpoint):
         assert r.returncode == 0, r.stderr[-2000:]
         outputs.append([json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")])
     first, second = outputs
+    assert_quiet(r.stderr)
+    assert r.stderr.count("holds random weights") == 1  # one line says the weights are random
     assert [(o["kind"], o["input"]) for o in first] == [
         ("completion", "世界上最高的山峰是"), ("chat", "世界上最高的山峰是哪座？")]
     assert all(o["completion_tokens"] == 16 for o in first)

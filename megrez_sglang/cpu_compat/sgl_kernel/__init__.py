@@ -16,9 +16,22 @@ What it does: :mod:`megrez_sglang.cpu_runtime` puts this directory first on ``sy
   ImportError`` fallbacks apply exactly as on a machine without the package.
 
 It is a development and test path, not a fast path. Never used on a CUDA host.
+
+Imported first thing by every SGLang process on such a host, it also silences two log lines
+that only say there is no GPU: SGLang's JIT-kernel probe ("Cannot detect CUDA architecture.")
+and torch's "No CUDA runtime is found" when torch.compile looks for a CUDA toolkit.
 """
 
+import logging
 import os
+
+
+def _drop(logger_name: str, message_start: str) -> None:
+    logging.getLogger(logger_name).addFilter(lambda record: not record.getMessage().startswith(message_start))
+
+
+_drop("sglang.kernels.jit.utils.arch", "Cannot detect CUDA architecture")
+_drop("torch.utils.cpp_extension", "No CUDA runtime is found")
 
 IS_MEGREZ_CPU_STANDIN = True
 TRACE_ENV = "MEGREZ_SGL_KERNEL_TRACE"
