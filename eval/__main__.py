@@ -22,8 +22,9 @@ import json
 import os
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
+
+from megrez_sglang.provenance import git_revision, package_versions
 
 from . import BENCHMARKS
 from .benchmark import DATA_DIR_ENV, BenchmarkDataError, data_dir_from_env
@@ -71,17 +72,6 @@ def parse_args(argv):
     if args.samples < 1 or args.concurrency < 1 or (args.limit is not None and args.limit < 1):
         p.error("--samples, --concurrency and --limit must be >= 1")
     return args
-
-
-def versions() -> dict:
-    out = {}
-    for package in ("megrez-sglang", "sglang", "transformers", "torch", "openai", "math-verify",
-                    "if-verifiable"):
-        try:
-            out[package] = version(package)
-        except Exception:  # noqa: BLE001 - not installed
-            pass
-    return out
 
 
 def check_resumable(run_dir: Path, info: dict) -> None:
@@ -134,7 +124,7 @@ def main(argv=None) -> int:
             "model": model_name or sampler.model_path(), "served_model": sampler.model, "server": base_url, "sampling": config.as_dict(),
             "samples": args.samples, "limit": args.limit,
             "data": "hub" if data_dir is None else str(data_dir.resolve()),
-            "benchmarks": names, "versions": versions(),
+            "benchmarks": names, "versions": package_versions(), "git_commit": git_revision(),
         }
         args.out.mkdir(parents=True, exist_ok=True)
         check_resumable(args.out, info)

@@ -85,6 +85,14 @@ def mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def accuracy_by(records: list[dict], key: str) -> dict[str, float]:
+    """Score in % per value of the items' meta[key] (subject, category, ...)."""
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        groups.setdefault(r["meta"][key], []).append(r["grade"]["correct"])
+    return {k: 100 * mean(v) for k, v in sorted(groups.items())}
+
+
 def require_file(path: Path) -> Path:
     if not path.exists():
         raise BenchmarkDataError(f"benchmark data not found: {path} (--data-dir / {DATA_DIR_ENV} "

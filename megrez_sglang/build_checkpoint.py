@@ -134,6 +134,17 @@ def save_weights(state_dict: dict[str, torch.Tensor], out_dir: Path, max_shard_s
     )
 
 
+def read_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory, from all its safetensors shards, by name."""
+    from safetensors import safe_open
+
+    tensors = {}
+    for file in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            tensors.update({name: f.get_tensor(name) for name in f.keys()})
+    return tensors
+
+
 def build_checkpoint(
     out_dir: str | Path,
     preset: str = "tiny",

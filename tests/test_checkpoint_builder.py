@@ -8,21 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from megrez_sglang.build_checkpoint import build_checkpoint
+from megrez_sglang.build_checkpoint import build_checkpoint, read_weights
 from megrez_sglang.config import MegrezMoeConfig
 
 from .test_reference_model import expected_tensor_names
-
-
-def tensors(path: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(file, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def digests(path: str) -> dict[str, str]:
@@ -32,7 +23,7 @@ def digests(path: str) -> dict[str, str]:
 def test_tiny_has_exactly_the_real_tensor_names_and_two_sharing_groups(tiny_checkpoint):
     config = MegrezMoeConfig.from_pretrained(tiny_checkpoint)
     assert config.num_expert_groups == 2 and config.num_hidden_layers == 7
-    t = tensors(tiny_checkpoint)
+    t = read_weights(tiny_checkpoint)
     assert set(t) == expected_tensor_names(config)
     assert t["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == torch.float32
     assert t["model.layers.1.mlp.experts.0.gate_proj.weight"].dtype == torch.bfloat16
@@ -58,7 +49,7 @@ def test_generation_config_has_the_cards_sampling(tiny_checkpoint):
 
 
 def test_correction_biases_differ_between_the_layers_of_a_group(tiny_checkpoint):
-    t = tensors(tiny_checkpoint)
+    t = read_weights(tiny_checkpoint)
     b = [t[f"model.layers.{l}.mlp.gate.e_score_correction_bias"] for l in (1, 2, 3)]
     assert not torch.equal(b[0], b[1]) and not torch.equal(b[1], b[2])
     assert min(float(x.std()) for x in b) > 0.1

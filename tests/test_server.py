@@ -5,15 +5,12 @@ a clean shutdown."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import jsonschema
-import openai
 import psutil
 import pytest
 import requests
