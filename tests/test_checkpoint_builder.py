@@ -93,22 +93,18 @@ def test_real_config_preset_writes_config_and_tokenizer_only(tmp_path):
     assert (path / "tokenizer.json").exists()
 
 
-def test_cli_overrides_fields_and_rejects_bad_ones(tmp_path):
-    cmd = [sys.executable, "-m", "megrez_sglang.build_checkpoint"]
-    ok = subprocess.run(cmd + [str(tmp_path / "x"), "--set", "num_key_value_heads=1",
-                               "--set", "pre_gate=false", "--set", "routed_scaling_factor=2.5"],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
+def test_cli_overrides_fields_and_rejects_bad_ones(tmp_path, capsys):
+    from megrez_sglang.build_checkpoint import main
+
+    assert main([str(tmp_path / "x"), "--set", "num_key_value_heads=1", "--set", "pre_gate=false",
+                 "--set", "routed_scaling_factor=2.5"]) == 0
     config = MegrezMoeConfig.from_pretrained(tmp_path / "x")
     assert (config.num_key_value_heads, config.pre_gate, config.routed_scaling_factor) == (1, False, 2.5)
-    bad = subprocess.run(cmd + [str(tmp_path / "y"), "--set", "num_key_value_heads=3"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert "num_attention_heads (4) must be divisible by num_key_value_heads (3)" in bad.stderr
+    assert main([str(tmp_path / "y"), "--set", "num_key_value_heads=3"]) == 2
+    assert "num_attention_heads (4) must be divisible by num_key_value_heads (3)" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
-    unknown = subprocess.run(cmd + [str(tmp_path / "z"), "--set", "n_experts=4"],
-                             capture_output=True, text=True)
-    assert unknown.returncode == 2 and "no field 'n_experts'" in unknown.stderr
+    assert main([str(tmp_path / "z"), "--set", "n_experts=4"]) == 2
+    assert "no field 'n_experts'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", [

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import infer_sglang_offline
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "infer_sglang_offline.py")
 
@@ -51,20 +53,19 @@ def test_streaming_prints_the_text_as_it_comes(tiny_checkpoint):
     assert r.stdout.startswith("[chat] 你好\n") and len(r.stdout.strip().splitlines()) >= 2
 
 
-def test_missing_path_is_one_line_not_a_traceback():
-    r = run("/nonexistent/megrez2")
-    assert r.returncode == 2
-    assert r.stderr.strip() == "infer_sglang_offline.py: error: model path '/nonexistent/megrez2' does not exist"
+def test_missing_path_is_one_line_not_a_traceback(capsys):
+    assert infer_sglang_offline.main(["/nonexistent/megrez2"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "infer_sglang_offline.py: error: model path '/nonexistent/megrez2' does not exist"
 
 
-def test_a_checkpoint_that_is_not_megrez2_is_refused(tmp_path):
+def test_a_checkpoint_that_is_not_megrez2_is_refused(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    r = run(str(tmp_path))
-    assert r.returncode == 2
-    assert "is not a Megrez2 checkpoint: config.json has model_type 'llama'" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert infer_sglang_offline.main([str(tmp_path)]) == 2
+    assert "is not a Megrez2 checkpoint: config.json has model_type 'llama'" in capsys.readouterr().err
 
 
-def test_bad_sampling_arguments_are_refused():
-    r = run("--top-p", "1.5")
-    assert r.returncode == 2 and "--top-p must be in (0, 1], got 1.5" in r.stderr
+def test_bad_sampling_arguments_are_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        infer_sglang_offline.main(["--top-p", "1.5"])
+    assert exit_.value.code == 2 and "--top-p must be in (0, 1], got 1.5" in capsys.readouterr().err
