@@ -11,7 +11,8 @@ What it does: :mod:`megrez_sglang.cpu_runtime` puts this directory first on ``sy
 
 * a name ending in ``_cpu`` resolves to a placeholder that RAISES when called (and appends the
   call to the file named by ``MEGREZ_SGL_KERNEL_TRACE`` when that is set, so a test can prove
-  that nothing called it even where SGLang would swallow the exception);
+  that nothing called it even where SGLang would swallow the exception; the import itself is
+  recorded there too, so the test can also prove that the process it watches was traced);
 * every other name raises ``AttributeError``/``ImportError``, so SGLang's own ``except
   ImportError`` fallbacks apply exactly as on a machine without the package.
 
@@ -41,12 +42,20 @@ class StandinKernelCalled(RuntimeError):
     """A CUDA/AMX kernel was called on the CPU path: the stand-in has no implementation."""
 
 
+def _trace(event: str) -> None:
+    trace = os.environ.get(TRACE_ENV)
+    if trace:
+        with open(trace, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {event}\n")
+
+
+IMPORTED = "(imported)"
+_trace(IMPORTED)
+
+
 def _placeholder(name: str):
     def placeholder(*args, **kwargs):
-        trace = os.environ.get(TRACE_ENV)
-        if trace:
-            with open(trace, "a", encoding="utf-8") as f:
-                f.write(f"{os.getpid()} {name}\n")
+        _trace(name)
         raise StandinKernelCalled(
             f"sgl_kernel.{name} was called, but sgl_kernel here is megrez_sglang's CPU-only "
             "stand-in (megrez_sglang/cpu_compat): it has no kernels. A layer took an AMX/CUDA "
