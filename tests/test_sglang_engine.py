@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .fidelity import prompt_ids, sglang_greedy
+from megrez_sglang.fidelity import prompt_ids, sglang_greedy
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True}
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from .fidelity import (PROMPTS, assert_same_greedy, prompt_ids, reference_greedy,
-                       reference_logprobs, sglang_greedy)
+from megrez_sglang.fidelity import (PROMPTS, assert_same_greedy, prompt_ids, reference_greedy,
+                                   reference_logprobs, sglang_greedy)
 
 # Each row: num_key_value_heads, experts_shared_frequency, first_k_dense_replace,
 # n_group/topk_group, routed_scaling_factor, norm_topk_prob, pre_gate (+ routing method).
@@ -30,6 +30,10 @@ MATRIX = {
     "kv4-share3-grouped-unnormalised": dict(num_key_value_heads=4, n_group=4, topk_group=2,
                                            norm_topk_prob=False),
     "kv2-greedy-softmax": dict(num_key_value_heads=2, topk_method="greedy", scoring_func="softmax"),
+    # the real checkpoint's guessed fields at their other candidate values (rope_theta 5e6 and a
+    # different eps and dense width): computed with the checkpoint's values, as the reference does
+    "kv1-rope5e6-eps1e-6-dense160": dict(num_key_value_heads=1, rope_theta=5e6, rms_norm_eps=1e-6,
+                                         intermediate_size=160),
 }
 LOGPROB_TOL = 1e-3
 TIE_TOL = 1e-5
