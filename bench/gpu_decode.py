@@ -4,10 +4,14 @@ Sized for a 15-minute device lease including start-up (no downloads: dummy weigh
     python bench/gpu_decode.py [--batches 1,8,64] [--new-tokens 128] [--backends flashinfer,triton]
 
 The real-shape config (build_checkpoint --preset real-config) with SGLang's dummy bf16 weights
-(load_format="dummy"). Roofline for batch-1 decode: the bytes of the weights one token reads (the
-activated parameters x 2: attention, dense MLP, router, shared experts, 6 of 64 experts per layer,
-lm_head; the embedding is one row) divided by a device-to-device copy bandwidth measured in the same
-run. Target: batch-1 decode >= 60 % of the roofline. Needs CUDA.
+(load_format="dummy"), one engine per attention backend, each with a 4096-token context (the KV
+pool and its start-up sized for the measurement, not for 32K prompts) and CUDA graphs for the
+measured decode batch sizes only (prefill graphs off: only decode is measured). Expected: about
+1.5 minutes of engine start and 30 s of measurement per backend. Roofline for batch-1 decode: the
+bytes of the weights one token reads (the activated parameters x 2: attention, dense MLP, router,
+shared experts, 6 of 64 experts per layer, lm_head; the embedding is one row) divided by a
+device-to-device copy bandwidth measured in the same run. Target: batch-1 decode >= 60 % of the
+roofline. Needs CUDA.
 """
 
 from __future__ import annotations
@@ -92,7 +96,8 @@ def main() -> int:
             before = gpu_memory_used_mib()
             engine = start_engine(model, load_format="dummy", dtype="bfloat16", log_level="error",
                                   attention_backend=backend, mem_fraction_static=0.8,
-                                  cuda_graph_bs_decode=batches)
+                                  context_length=4096, cuda_graph_bs_decode=batches,
+                                  disable_prefill_cuda_graph=True)
             try:
                 memory = gpu_memory_used_mib() - before
                 print(f"[{backend}] GPU memory used by the engine (weights, KV cache, graphs): {memory} MiB")
