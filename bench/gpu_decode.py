@@ -1,7 +1,7 @@
 """GPU decode speed at the real shapes next to the roofline, FlashInfer against Triton attention.
 Sized for a 15-minute device lease including start-up (no downloads: dummy weights).
 
-    python bench/gpu_decode.py [--batches 1,8,64] [--new-tokens 128] [--backends flashinfer,triton]
+    python -m bench.gpu_decode [--batches 1,8,64] [--new-tokens 128] [--backends flashinfer,triton]
 
 The real-shape config (build_checkpoint --preset real-config) with SGLang's dummy bf16 weights
 (load_format="dummy"), one engine per attention backend, each with a 4096-token context (the KV
@@ -23,17 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import megrez_sglang  # noqa: E402,F401
-import torch  # noqa: E402
+import megrez_sglang  # noqa: F401  (configures SGLang for this host)
+from megrez_sglang.build_checkpoint import build_checkpoint
+from megrez_sglang.config import MegrezMoeConfig
+from megrez_sglang.engine import start_engine
+from megrez_sglang.param_count import count_parameters
 
-from megrez_sglang.build_checkpoint import build_checkpoint  # noqa: E402
-from megrez_sglang.config import MegrezMoeConfig  # noqa: E402
-from megrez_sglang.engine import start_engine  # noqa: E402
-from megrez_sglang.param_count import count_parameters  # noqa: E402
-
-from report import print_table, write_json  # noqa: E402
+from .report import print_table, write_json
 
 
 def copy_bandwidth_gb_s(gib: float = 2.0, repeats: int = 20) -> float:

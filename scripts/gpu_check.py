@@ -13,7 +13,7 @@ one still runs:
   fidelity     ~2 min    300 s   a head_dim-128 random checkpoint (FlashInfer needs head_dim >= 64):
                                  SGLang's bf16 greedy tokens with FlashInfer + CUDA graphs against
                                  the float32 reference model, by the tie-aware rule of the CPU tests
-  decode       ~4 min    420 s   bench/gpu_decode.py: the real shapes with dummy bf16 weights,
+  decode       ~4 min    420 s   bench.gpu_decode: the real shapes with dummy bf16 weights,
                                  context 4096, decode CUDA graphs only: tokens/s at batch 1, 8, 64
                                  and the batch-1 roofline
   tune-moe     ~3 min    240 s   (--tune-moe) SGLang's own Triton fused-MoE tuning for E=64, N=1408
@@ -278,8 +278,7 @@ def fidelity_step(json_path: Path) -> int:
     from megrez_sglang.build_checkpoint import build_checkpoint
     from megrez_sglang.engine import start_engine
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from report import write_json
+    from bench.report import write_json
 
     with tempfile.TemporaryDirectory() as tmp:
         path = str(build_checkpoint(Path(tmp) / "hd128", "tiny", overrides=FIDELITY_CHECKPOINT))
@@ -414,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         Step("fidelity", [python, str(Path(__file__).resolve()), "--step", "fidelity",
                           "--json", str(out / "gpu_fidelity.json")],
              expected_s=120, timeout_s=300, outputs=["gpu_fidelity.json"]),
-        Step("decode", [python, str(ROOT / "bench" / "gpu_decode.py"), "--batches", "1,8,64",
+        Step("decode", [python, "-m", "bench.gpu_decode", "--batches", "1,8,64",
                         "--backends", "flashinfer", "--out", str(out / "gpu_decode.json")],
              expected_s=240, timeout_s=420, outputs=["gpu_decode.json"]),
     ]
