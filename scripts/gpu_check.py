@@ -274,11 +274,10 @@ def fidelity_step(json_path: Path) -> int:
     from transformers import AutoModelForCausalLM
 
     import megrez_sglang  # noqa: F401  (before sglang)
+    from bench.report import write_json
     from megrez_sglang import fidelity
     from megrez_sglang.build_checkpoint import build_checkpoint
     from megrez_sglang.engine import start_engine
-
-    from bench.report import write_json
 
     with tempfile.TemporaryDirectory() as tmp:
         path = str(build_checkpoint(Path(tmp) / "hd128", "tiny", overrides=FIDELITY_CHECKPOINT))
