@@ -1,6 +1,7 @@
 """eval/: loaders (the fixture mirror in tests/data/benchmarks, the hub loaders on rows in the hub's
-format, the full mirror when there is one), graders on golden cases, the code sandbox, an
-end-to-end run of every benchmark through the server, and resuming a killed run."""
+format, the full mirror when there is one), graders on golden cases (the sandbox itself:
+test_sandbox.py), an end-to-end run of every benchmark through the server, and resuming a killed
+run."""
 
 import json
 import os
@@ -232,35 +233,6 @@ def test_mbpp_extraction_between_begin_and_done():
     assert bench.grade(item, [sample(bench.extract(item, reply))])["correct"] == 1.0
 
 
-HOSTILE = {
-    "infinite loop": "while True:\n    pass\n",
-    "fork bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-    "memory hog": "x = bytearray(8 << 30)\nprint('allocated')\n",
-    "network connection": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=3)\nprint('connected')\n",
-    "write outside the temporary directory": "open({target!r}, 'w').write('pwned')\nprint('wrote')\n",
-}
-
-
-@pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_code_is_contained(name, tmp_path):
-    target = str(tmp_path / "outside.txt")
-    start = time.monotonic()
-    result = run_program(HOSTILE[name].format(target=target), timeout=5)
-    assert not result.passed
-    assert time.monotonic() - start < 30
-    assert "connected" not in result.output and "allocated" not in result.output
-    assert not os.path.exists(target)
-    time.sleep(0.5)
-    leftovers = subprocess.run(["pgrep", "-f", "program.py"], capture_output=True, text=True).stdout
-    assert leftovers.strip() == ""
-
-
-def test_the_sandbox_uses_namespaces_here():
-    assert isolation_level() == "namespaces"
-
-
-
-
 def run_eval(*args, timeout=900):
     if "--data-dir" not in args:
         args = (*args, "--data-dir", str(FIXTURE_MIRROR))
@@ -289,9 +261,14 @@ def test_every_benchmark_end_to_end_through_the_server(server, tmp_path):
         assert json.loads(l)["answer"] in "ABCD"
     run = json.loads((out / "run.json").read_text())
     assert run["sampling"]["temperature"] == 0.7 and run["sampling"]["seed"] == 0
+    assert run["isolation"] == isolation_level() != "none"  # the code benchmarks' sandbox
+    for name in ("humaneval", "mbpp"):
+        levels = {json.loads(l)["grade"]["isolation"] for l in (out / f"{name}.jsonl").open()}
+        assert levels == {run["isolation"]}
     assert run["model"].endswith("tiny") and run["versions"]["sglang"] == "0.5.23"
     md = (out / "summary.md").read_text()
     assert "| gsm8k | EM | 3 |" in md and "83.6" in md and "91.7" in md
+    assert f"generated code ran in the sandbox, isolation: {run['isolation']}" in md
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
