@@ -1,6 +1,6 @@
 """GPU check for a CUDA machine that has the project's environment (see gpu_check.sh).
 
-    scripts/gpu_check.sh [--tune-moe] [--sglang-source DIR] [--budget-s 780]
+    scripts/gpu_check.sh [--steps fidelity,decode] [--tune-moe --sglang-source DIR] [--budget-s 780]
 
 Sized for a 15-minute device lease (the machine's start included). Each step runs in its own
 process with its own timeout and at most one SGLang engine; a failed step is recorded and the next
@@ -10,14 +10,20 @@ one still runs:
   preflight     ~10 s     60 s   torch, SGLang and megrez_sglang importable, a CUDA device (and, for
                                  --tune-moe, ray and SGLang's tuning script); otherwise one line
                                  and exit 2, before any engine starts
-  fidelity     ~2 min    300 s   a head_dim-128 random checkpoint (FlashInfer needs head_dim >= 64):
+  fidelity     ~4 min    420 s   a head_dim-128 random checkpoint (FlashInfer needs head_dim >= 64):
                                  SGLang's bf16 greedy tokens with FlashInfer + CUDA graphs against
-                                 the float32 reference model, by the tie-aware rule of the CPU tests
+                                 the float32 reference model, by the tie-aware rule of the CPU tests;
+                                 half of it FlashInfer compiling its kernels on first use (JIT, with
+                                 the locked nvcc wheel; cached in ~/.cache/flashinfer, so the decode
+                                 step, same head_dim and query/KV ratio, reuses them)
   decode       ~4 min    420 s   bench.gpu_decode: the real shapes with dummy bf16 weights,
                                  context 4096, decode CUDA graphs only: tokens/s at batch 1, 8, 64
                                  and the batch-1 roofline
   tune-moe     ~3 min    240 s   (--tune-moe) SGLang's own Triton fused-MoE tuning for E=64, N=1408
                each      each    (TP=1) and N=704 (TP=2); configs bundled into moe_configs.json
+
+Preflight, fidelity and decode take ~8 minutes on a fresh machine; with --tune-moe the whole set
+does not fit one 15-minute lease: tune in a lease of its own (--tune-moe --steps none).
 
 Results go to $OUT when it is set, else bench/results: gpu_check.log (everything printed, tee'd
 by gpu_check.sh), gpu_check.json (each step's status, exit code and seconds), gpu_fidelity.json,
@@ -380,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run SGLang's Triton fused-MoE tuning for E=64, N=1408 and N=704")
     p.add_argument("--sglang-source", help="a checkout of SGLang at the installed version's tag "
                    "(for its benchmark/kernels/fused_moe_triton tuning script)")
+    p.add_argument("--steps", default="fidelity,decode",
+                   help="which of fidelity,decode to run after the preflight ('none': neither)")
     p.add_argument("--budget-s", type=int, default=DEFAULT_BUDGET_S,
                    help="steps that no longer fit this many seconds from the start are skipped")
     p.add_argument("--install-moe-configs", nargs=2, metavar=("BUNDLE", "DIR"),
@@ -387,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step", choices=["preflight", "fidelity"], help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    chosen = [] if args.steps == "none" else args.steps.split(",")
+    if set(chosen) - {"fidelity", "decode"}:
+        p.error(f"--steps: unknown {sorted(set(chosen) - {'fidelity', 'decode'})}; "
+                "choose from fidelity, decode (or none)")
 
     if args.install_moe_configs:
         bundle, config_dir = map(Path, args.install_moe_configs)
@@ -411,11 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     steps = [
         Step("fidelity", [python, str(Path(__file__).resolve()), "--step", "fidelity",
                           "--json", str(out / "gpu_fidelity.json")],
-             expected_s=120, timeout_s=300, outputs=["gpu_fidelity.json"]),
+             expected_s=240, timeout_s=420, outputs=["gpu_fidelity.json"]),
         Step("decode", [python, "-m", "bench.gpu_decode", "--batches", "1,8,64",
                         "--backends", "flashinfer", "--out", str(out / "gpu_decode.json")],
              expected_s=240, timeout_s=420, outputs=["gpu_decode.json"]),
     ]
+    steps = [step for step in steps if step.name in chosen]
     workdir = Path(tempfile.mkdtemp(prefix="megrez-gpu-check-"))
     try:
         if args.tune_moe:
