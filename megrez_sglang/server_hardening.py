@@ -29,7 +29,10 @@ is left exactly as upstream ships it.
 5. A JSON body must be an object: a list, string, number or null reaches pydantic validators that
    call dict methods on it, and the server answers 500 instead of 400. Endpoints that parse their
    body themselves answer an empty or invalid body with 400 too (upstream: 500).
-6. The post-warmup GC freeze runs in-process instead of through POST /freeze_gc, which is now
+6. Websocket connections (/v1/realtime) are authenticated like HTTP requests: SGLang's auth
+   middleware only looks at HTTP requests. (Without a websocket library installed, as in this
+   project's environment, uvicorn does not upgrade connections at all.)
+7. The post-warmup GC freeze runs in-process instead of through POST /freeze_gc, which is now
    admin-only.
 """
 
@@ -265,6 +268,39 @@ class JsonObjectBodyMiddleware:
         await send({"type": "http.response.body", "body": payload})
 
 
+class WebSocketAuthMiddleware:
+    """ASGI middleware: refuse a websocket handshake (close code 1008, which uvicorn turns into
+    HTTP 403) that SGLang's auth rules would refuse as an HTTP request to the same path.
+    `keys()` returns (api_key, admin_api_key)."""
+
+    def __init__(self, app, keys=None):
+        self.app = app
+        self.keys = keys or _configured_keys
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "websocket":
+            from sglang.srt.utils.auth import AuthLevel, decide_request_auth
+
+            api_key, admin_api_key = self.keys()
+            headers = dict(scope.get("headers") or [])
+            authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+            decision = decide_request_auth(
+                method="GET", path=scope["path"], authorization_header=authorization, api_key=api_key,
+                admin_api_key=admin_api_key, auth_level=AuthLevel.NORMAL)
+            if not decision.allowed:
+                await receive()  # websocket.connect
+                await send({"type": "websocket.close", "code": 1008})
+                return
+        await self.app(scope, receive, send)
+
+
+def _configured_keys() -> tuple[str | None, str | None]:
+    from sglang.srt.runtime_context import get_serving
+
+    serving = get_serving()
+    return serving.api_key, serving.admin_api_key
+
+
 def bad_request_content(message: str) -> dict[str, Any]:
     """The shape of SGLang's own 400s (its OpenAI protocol ErrorResponse)."""
     return {"object": "error", "message": message, "type": "BadRequest", "param": None, "code": 400}
@@ -304,5 +340,6 @@ def install() -> None:
 
     # Added before SGLang adds its auth middleware, so it runs after authentication.
     app.add_middleware(JsonObjectBodyMiddleware)
+    app.add_middleware(WebSocketAuthMiddleware)
     app.add_exception_handler(json.JSONDecodeError, invalid_json_body)  # orjson's error subclasses it
     require_admin_key_for_control_endpoints(app)

@@ -23,6 +23,7 @@ from megrez_sglang.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-123456"  # the card's example key
+ADMIN_KEY = "sk-admin-5f0c2e9b7d41"  # MEGREZ_ADMIN_API_KEY of the shared server: control endpoints
 ENGINE_FIXTURES = {"engines", "tiny_engine"}
 
 # The reference models in this process are tiny: a second OpenMP thread buys nothing, and on a
@@ -120,12 +121,12 @@ def engines(standin_trace):
 
 @pytest.fixture(scope="session")
 def server(tiny_checkpoint, engines, tmp_path_factory):
-    """launch_server.sh on the tiny checkpoint, with the card's API key; shared by the server,
-    programs and eval tests (SIGTERM and fault tests start their own)."""
+    """launch_server.sh on the tiny checkpoint, with the card's API key and an admin key; shared by
+    the server, programs and eval tests (SIGTERM and fault tests start their own)."""
     engines.close()  # Engine.shutdown() kills every child of this process, a server included
     log = tmp_path_factory.mktemp("server") / "server.log"
     s = ServerProcess(tiny_checkpoint, command=[str(ROOT / "launch_server.sh")], log_path=log,
-                      env={"MEGREZ_API_KEY": API_KEY})
+                      api_key=API_KEY, admin_api_key=ADMIN_KEY)
     yield s
     s.stop()
 
