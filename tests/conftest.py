@@ -32,15 +32,16 @@ torch.set_num_threads(1)
 SERVER_FIXTURES = {"server", "client", "backend"}
 
 
-def pytest_collection_modifyitems(config, items):
-    def lane(item) -> int:
-        fixtures = set(item.fixturenames)
-        if ENGINE_FIXTURES & fixtures and not SERVER_FIXTURES & fixtures:
-            return 1
-        if SERVER_FIXTURES & fixtures:
-            return 2
-        return 3 if item.get_closest_marker("slow") else 0
+def lane(item) -> int:
+    fixtures = set(item.fixturenames)
+    if ENGINE_FIXTURES & fixtures and not SERVER_FIXTURES & fixtures:
+        return 1
+    if SERVER_FIXTURES & fixtures:
+        return 2
+    return 3 if item.get_closest_marker("slow") else 0
 
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if lane(item):
             item.add_marker(pytest.mark.slow)
@@ -127,8 +128,19 @@ def server(tiny_checkpoint, engines, tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     s = ServerProcess(tiny_checkpoint, command=[str(ROOT / "launch_server.sh")], log_path=log,
                       api_key=API_KEY, admin_api_key=ADMIN_KEY)
+    _shared_servers.append(s)
     yield s
     s.stop()
+
+
+_shared_servers: list[ServerProcess] = []
+
+
+def pytest_runtest_teardown(item, nextitem):
+    # Stop the shared server once its lane is over, before tests start servers of their own
+    # (one server alive at a time; stopping twice is harmless).
+    if _shared_servers and lane(item) == 2 and (nextitem is None or lane(nextitem) != 2):
+        _shared_servers.pop().stop()
 
 
 @pytest.fixture(scope="session")
