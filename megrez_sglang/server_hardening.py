@@ -17,7 +17,9 @@ is left exactly as upstream ships it.
 3. Control endpoints need the admin key: every endpoint SGLang marks ADMIN_OPTIONAL is marked
    ADMIN_FORCE, so SGLang's own auth middleware answers 403 to everyone while no admin key is
    configured, and accepts only the admin key otherwise (upstream, a server with only --api-key
-   lets the user key swap weights or pause generation).
+   lets the user key swap weights or pause generation). The middleware's route lookup also
+   looks inside included routers: with FastAPI 0.165 it found no mark on /scale_elastic_ep and
+   /is_scaling_elastic_ep, which upstream were open to any caller.
 4. Prompts and token ids are checked before the scheduler sees them: a prompt must have at least
    one token, and its ids (/generate input_ids single and batched, /v1/completions token prompts)
    and stop_token_ids must lie in the vocabulary. Upstream checks logit_bias keys and
@@ -137,6 +139,25 @@ def require_admin_key_for_control_endpoints(app) -> list[str]:
             endpoint._auth_level = AuthLevel.ADMIN_FORCE
             marked.append(route.path)
     return marked
+
+
+def auth_level_of_request(app, scope):
+    """REPLACE-hook of sglang.srt.utils.auth._get_auth_level_from_app_and_scope. SGLang asks
+    each top-level route whether it matches; for an included router FastAPI 0.165 answers with
+    a wrapper endpoint that lost SGLang's mark, so those control endpoints counted as NORMAL.
+    The same question, asked of every route (included ones too)."""
+    from sglang.srt.utils.auth import AuthLevel
+    from starlette.routing import Match
+
+    for route in iter_routes(app.routes):
+        try:
+            match, _ = route.matches(scope)
+        except Exception:  # noqa: BLE001 - as SGLang's lookup: a route that cannot tell is skipped
+            continue
+        if match == Match.FULL:
+            level = getattr(getattr(route, "endpoint", None), "_auth_level", None)
+            return level if isinstance(level, AuthLevel) else AuthLevel.NORMAL
+    return AuthLevel.NORMAL
 
 
 def freeze_gc_in_process(server_args, *_args, **_kwargs) -> None:
@@ -336,6 +357,7 @@ def install() -> None:
           HookType.BEFORE)
     _hook("sglang.srt.entrypoints.http_server._freeze_gc_after_server_warmup", freeze_gc_in_process,
           HookType.REPLACE)
+    _hook("sglang.srt.utils.auth._get_auth_level_from_app_and_scope", auth_level_of_request, HookType.REPLACE)
     from sglang.srt.entrypoints.http_server import app
 
     # Added before SGLang adds its auth middleware, so it runs after authentication.

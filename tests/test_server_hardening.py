@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -31,6 +32,7 @@ from megrez_sglang.server_hardening import (
     WebSocketAuthMiddleware,
     hardened_server_environment,
     iter_routes,
+    keys_from_environment,
 )
 
 from .conftest import ADMIN_KEY, API_KEY, ROOT
@@ -182,13 +184,26 @@ def test_no_process_of_the_server_has_a_key_in_its_arguments(server):
         assert API_KEY not in arguments and ADMIN_KEY not in arguments, arguments
 
 
-def test_the_scheduler_and_detokenizer_do_not_inherit_the_keys(server):
-    workers = [p for p in server_processes(server) if process_title(p).startswith("sglang::")]
-    assert len(workers) >= 2
-    for worker in workers:
-        environment = worker.environ()
-        assert environment.get("MEGREZ_HARDENED_SERVER") == "1"  # it is the hardened server's
-        assert not {API_KEY, ADMIN_KEY} & set(environment.values()), process_title(worker)
+def test_processes_the_server_starts_do_not_inherit_the_keys(server):
+    """The keys are taken out of the server's environment before it starts its workers. The
+    scheduler and detokenizer overwrite /proc/<pid>/environ with their process titles; the
+    multiprocessing resource tracker, spawned alongside them, shows what they inherited."""
+    sglang_server = psutil.Process(server.process.pid).children()[0]
+    # it was given them (its own /proc/<pid>/environ keeps the start-up copy: owner-readable only)
+    assert sglang_server.environ()["MEGREZ_API_KEY"] == API_KEY
+    witnesses = [p.environ() for p in sglang_server.children(recursive=True) if p.environ()]
+    assert witnesses and all(w.get("MEGREZ_HARDENED_SERVER") == "1" for w in witnesses)
+    for environment in witnesses:
+        assert not {API_KEY, ADMIN_KEY} & set(environment.values())
+        assert not {"MEGREZ_API_KEY", "MEGREZ_ADMIN_API_KEY"} & set(environment)
+
+
+def test_the_keys_are_read_from_the_environment_and_removed_from_it(monkeypatch):
+    monkeypatch.setenv("MEGREZ_API_KEY", "sk-user")
+    monkeypatch.setenv("MEGREZ_ADMIN_API_KEY", "sk-admin")
+    args = keys_from_environment(SimpleNamespace(api_key=None, admin_api_key=None), ["--port", "1"])
+    assert (args.api_key, args.admin_api_key) == ("sk-user", "sk-admin")
+    assert "MEGREZ_API_KEY" not in os.environ and "MEGREZ_ADMIN_API_KEY" not in os.environ
 
 
 def test_server_info_reports_the_keys_redacted(server):
