@@ -10,8 +10,9 @@ this project's hardening (server_hardening.py: keys from MEGREZ_API_KEY / MEGREZ
 the environment, control endpoints admin-only, token ids checked), prints the URL once /health
 answers, and then watches it:
 
-* SIGTERM / SIGINT: SGLang drains the requests in flight, then stops; exit 0 (1 if it had to be
-  killed after --shutdown-timeout seconds). Every process it started is gone afterwards.
+* SIGTERM / SIGINT: SGLang finishes the requests in flight; those still running after
+  --shutdown-timeout seconds are aborted; then it stops, exit 0 (1 if it had to be killed,
+  SHUTDOWN_MARGIN_S later). Every process it started is gone afterwards.
 * SGLang's server or one of its scheduler/detokenizer processes dies: every process is stopped
   and the supervisor exits 1 with a one-line reason (service managers restart on that).
 """
@@ -39,6 +40,7 @@ from .model_path import ModelPathError, resolve_model_path
 from .server_hardening import (
     ADMIN_API_KEY_ENV,
     API_KEY_ENV,
+    DEFAULT_DRAIN_TIMEOUT_S,
     KeyConfigurationError,
     hardened_server_environment,
 )
@@ -46,7 +48,9 @@ from .server_hardening import (
 DEFAULT_PORT = 30000
 SERVED_MODEL_NAME = "megrez-moe"
 STARTUP_TIMEOUT_S = 600
-SHUTDOWN_TIMEOUT_S = 30.0
+# After SIGTERM: requests in flight get --shutdown-timeout seconds; SGLang then needs a few more
+# to see them gone (it polls every 5 s) and stop its workers; SIGKILL only after this margin.
+SHUTDOWN_MARGIN_S = 30.0
 # `sglang serve` (the console script of sglang.cli.main; that module has no __main__ guard),
 # started with this interpreter so that it sees the same environment.
 SGLANG_SERVE = [sys.executable, "-c", "import sys; from sglang.cli.main import main; sys.exit(main())",
@@ -159,12 +163,12 @@ def watch(process: subprocess.Popen, poll_s: float = 0.5) -> str:
                 return f"SGLang's {role} process (pid {worker.pid}) died"
 
 
-def stop(process: subprocess.Popen, grace_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+def stop(process: subprocess.Popen, grace_s: float) -> bool:
     """Stop the server and everything it started. SIGTERM goes to SGLang's server process only:
-    its tokenizer manager then drains the requests in flight and stops its scheduler and
-    detokenizer (SIGTERM to the whole group would kill the scheduler under running requests).
-    Whatever is left of the process group after `grace_s` is SIGKILLed. True if it stopped in
-    time."""
+    its tokenizer manager then drains the requests in flight (with a deadline, see
+    server_hardening) and stops its scheduler and detokenizer (SIGTERM to the whole group would
+    kill the scheduler under running requests). Whatever is left of the process group after
+    `grace_s` is SIGKILLed. True if it stopped in time."""
     in_time = True
     if process.poll() is None:
         try:
@@ -193,9 +197,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size")
     p.add_argument("--served-model-name", default=SERVED_MODEL_NAME)
-    p.add_argument("--shutdown-timeout", type=float, default=SHUTDOWN_TIMEOUT_S, metavar="S",
-                   help="on SIGTERM, seconds the requests in flight get to finish before every "
-                   f"process is killed (default {SHUTDOWN_TIMEOUT_S:.0f})")
+    p.add_argument("--shutdown-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
+                   help="on SIGTERM, seconds the requests in flight get to finish before they are "
+                   f"aborted (default {DEFAULT_DRAIN_TIMEOUT_S:.0f})")
     return p.parse_args(argv), extra
 
 
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{key_flags[0].split('=', 1)[0]} would put the key on the command line, where "
                     f"every local user sees it (ps); set {API_KEY_ENV} / {ADMIN_API_KEY_ENV} instead")
     try:
-        environment = hardened_server_environment()
+        environment = hardened_server_environment(drain_timeout_s=args.shutdown_timeout)
     except KeyConfigurationError as e:
         return fail(str(e))
     if not port_is_free(args.host, args.port):
@@ -252,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if stop(process, args.shutdown_timeout):
+        grace_s = args.shutdown_timeout + SHUTDOWN_MARGIN_S
+        if stop(process, grace_s):
             return 0
-        print(f"launch_server: error: the server did not stop within {args.shutdown_timeout:.0f} s "
-              "of SIGTERM; killed it", file=sys.stderr)
+        print(f"launch_server: error: the server did not stop within {grace_s:.0f} s of SIGTERM; "
+              "killed it", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -317,7 +322,7 @@ class ServerProcess:
             return "(no log_path given)"
         return self.log_path.read_text(errors="replace")[-chars:]
 
-    def stop(self, timeout_s: float = 2 * SHUTDOWN_TIMEOUT_S) -> int:
+    def stop(self, timeout_s: float = 2 * (DEFAULT_DRAIN_TIMEOUT_S + SHUTDOWN_MARGIN_S)) -> int:
         """SIGTERM (the supervisor stops everything it started); its exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -20,14 +20,15 @@ is left exactly as upstream ships it.
    lets the user key swap weights or pause generation). The middleware's route lookup also
    looks inside included routers: with FastAPI 0.165 it found no mark on /scale_elastic_ep and
    /is_scaling_elastic_ep, which upstream were open to any caller.
-4. Prompts and token ids are checked before the scheduler sees them: a prompt must have at least
-   one token, and its ids (/generate input_ids single and batched, /v1/completions token prompts)
-   and stop_token_ids must lie in the vocabulary. Upstream checks logit_bias keys and
-   token_ids_logprob, but an out-of-range prompt id reaches the embedding (IndexError, or a
-   device-side assert on CUDA), an out-of-range stop id the min_new_tokens penalizer's scatter,
-   an empty text prompt (which this tokenizer turns into no tokens) the MoE router, and a
-   top_logprobs_num above the vocabulary size a top-k: each kills the scheduler and with it the
-   server. top_logprobs_num is bounded by the vocabulary size for the same reason.
+4. Prompts and token ids are checked in the tokenizer manager, before the scheduler sees them
+   (every route, the frontend language's included, goes through it): a prompt must have at least
+   one token; its ids (/generate input_ids single and batched, /v1/completions token prompts) and
+   stop_token_ids must lie in the vocabulary; top_logprobs_num must not exceed its size. Upstream
+   checks logit_bias keys and token_ids_logprob only; an out-of-range prompt id reaches the
+   embedding (IndexError; a device-side assert on CUDA), an out-of-range stop id the
+   min_new_tokens penalizer's scatter, an empty text prompt (which this tokenizer turns into no
+   tokens) the MoE router, and a huge top_logprobs_num a top-k: each kills the scheduler and
+   with it the server. /detokenize checks its ids the same way (upstream: 500).
 5. A JSON body must be an object: a list, string, number or null reaches pydantic validators that
    call dict methods on it, and the server answers 500 instead of 400. Endpoints that parse their
    body themselves answer an empty or invalid body with 400 too (upstream: 500).
@@ -36,6 +37,9 @@ is left exactly as upstream ships it.
    project's environment, uvicorn does not upgrade connections at all.)
 7. The post-warmup GC freeze runs in-process instead of through POST /freeze_gc, which is now
    admin-only.
+8. SIGTERM drains with a deadline: SGLang stops taking health checks and waits for the requests
+   in flight, with no limit. Whatever still runs MEGREZ_DRAIN_TIMEOUT_S seconds after SIGTERM is
+   aborted (streams end with finish_reason "abort"), so the server stops on its own, exit 0.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ API_KEY_ENV = "MEGREZ_API_KEY"
 ADMIN_API_KEY_ENV = "MEGREZ_ADMIN_API_KEY"
 # Set by launchers in the server's environment (not a secret: children inherit it).
 HARDENING_ENV = "MEGREZ_HARDENED_SERVER"
+DRAIN_TIMEOUT_ENV = "MEGREZ_DRAIN_TIMEOUT_S"
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
 KEY_FIELDS = {"api_key": API_KEY_ENV, "admin_api_key": ADMIN_API_KEY_ENV}
 REDACTED = "<redacted>"
 
@@ -63,9 +69,11 @@ class KeyConfigurationError(ValueError):
     """MEGREZ_API_KEY / MEGREZ_ADMIN_API_KEY are set in a way that would not protect anything."""
 
 
-def hardened_server_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+def hardened_server_environment(base: Mapping[str, str] | None = None, *,
+                                drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> dict[str, str]:
     """The environment to start `sglang serve` with: `base` (default os.environ), with the keys it
-    holds checked, and the switch that makes this package's plugin harden the server."""
+    holds checked, the switch that makes this package's plugin harden the server, and how long
+    requests in flight may run after SIGTERM."""
     env = dict(os.environ if base is None else base)
     api_key, admin_key = env.get(API_KEY_ENV), env.get(ADMIN_API_KEY_ENV)
     for name, value in ((API_KEY_ENV, api_key), (ADMIN_API_KEY_ENV, admin_key)):
@@ -78,6 +86,7 @@ def hardened_server_environment(base: Mapping[str, str] | None = None) -> dict[s
         raise KeyConfigurationError(f"{ADMIN_API_KEY_ENV} equals {API_KEY_ENV}: every user would be "
                                     "an administrator; choose a different admin key")
     env[HARDENING_ENV] = "1"
+    env[DRAIN_TIMEOUT_ENV] = str(drain_timeout_s)
     return env
 
 
@@ -218,6 +227,22 @@ def check_prompt_tokens(tokenizer_manager, obj, input_ids, *_args, **_kwargs) ->
                                     f"model; {valid}")
 
 
+def check_detokenize_tokens(error: str | None, serving, request, *_args, **_kwargs) -> str | None:
+    """AFTER-hook of OpenAIServingDetokenize._validate_request (a message there becomes a 400):
+    a negative or huge id made the tokenizer raise OverflowError, answered with 500."""
+    if error:
+        return error
+    vocab_size = serving.tokenizer_manager.model_config.vocab_size
+    tokens = request.tokens
+    rows = tokens if tokens and isinstance(tokens[0], list) else [tokens]
+    for row in rows:
+        bad = first_out_of_vocabulary(row or [], vocab_size)
+        if bad is not None:
+            return (f"tokens[{bad[0]}] = {bad[1]!r} is not a token id of this model; valid token ids are "
+                    f"0..{vocab_size - 1}")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. body shape
 
@@ -336,6 +361,27 @@ async def invalid_json_body(request, exc: json.JSONDecodeError):
 
 
 # ---------------------------------------------------------------------------------------------
+# 8. shutdown
+
+
+def sigterm_with_drain_deadline(sigterm_handler, signal_handler, *args, **kwargs):
+    """AROUND-hook of tokenizer_manager.SignalHandler.sigterm_handler, which SGLang runs on the
+    tokenizer manager's event loop: SGLang's drain (sigterm_watchdog) waits while any request is
+    in flight; abort what is left at the deadline, and the drain then ends by itself."""
+    sigterm_handler(signal_handler, *args, **kwargs)
+    manager = signal_handler.tokenizer_manager
+    deadline_s = float(os.environ.get(DRAIN_TIMEOUT_ENV, DEFAULT_DRAIN_TIMEOUT_S))
+
+    def abort_what_is_left():
+        if manager.rid_to_state:
+            logger.warning("%d requests still running %.0f s after SIGTERM: aborting them",
+                           len(manager.rid_to_state), deadline_s)
+            manager.abort_request(abort_all=True)
+
+    manager.event_loop.call_later(deadline_s, abort_what_is_left)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def _hook(target: str, hook, hook_type) -> None:
@@ -358,6 +404,10 @@ def install() -> None:
     _hook("sglang.srt.entrypoints.http_server._freeze_gc_after_server_warmup", freeze_gc_in_process,
           HookType.REPLACE)
     _hook("sglang.srt.utils.auth._get_auth_level_from_app_and_scope", auth_level_of_request, HookType.REPLACE)
+    _hook("sglang.srt.entrypoints.openai.serving_tokenize.OpenAIServingDetokenize._validate_request",
+          check_detokenize_tokens, HookType.AFTER)
+    _hook("sglang.srt.managers.tokenizer_manager.SignalHandler.sigterm_handler", sigterm_with_drain_deadline,
+          HookType.AROUND)
     from sglang.srt.entrypoints.http_server import app
 
     # Added before SGLang adds its auth middleware, so it runs after authentication.
