@@ -82,6 +82,12 @@ def sglang_flags(args: dict) -> list[str]:
     return flags
 
 
+def serve_command(server_args: dict, extra: Sequence[str] = ()) -> list[str]:
+    """The `sglang serve` command line for ServerArgs keyword arguments (plus raw extra flags).
+    Start it with hardened_server_environment() as its environment: keys never go in here."""
+    return [*SGLANG_SERVE, *sglang_flags(server_args), *extra]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port the kernel reports free on `host` now (for tests and benchmarks)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -170,7 +176,7 @@ def stop(process: subprocess.Popen, grace_s: float) -> bool:
     kill the scheduler under running requests). Whatever is left of the process group after
     `grace_s` is SIGKILLed. True if it stopped in time."""
     in_time = True
-    if process.poll() is None:
+    if process.poll() is None and grace_s > 0:
         try:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=grace_s)
@@ -236,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         # the object with whitespace until max_tokens.
         constrained_json_disable_any_whitespace=True,
     )
-    command = [*SGLANG_SERVE, *sglang_flags(server_args), *extra]
-    process = subprocess.Popen(command, start_new_session=True, env=environment)
+    process = subprocess.Popen(serve_command(server_args, extra), start_new_session=True, env=environment)
 
     def on_signal(signum, _frame):
         # Unwind the main thread (it may be inside process.wait()); the handlers below stop it.
@@ -264,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Something died on its own: nothing left to drain; SGLang gets a moment to stop itself.
-    stop(process, grace_s=2)
+    # Something died on its own: nothing is left to drain (SGLang's own reaction to a dead worker
+    # is to kill its process tree, after 5 s spent on crash diagnostics).
+    stop(process, grace_s=0)
     print(f"launch_server: error: {reason}; every process of the server is stopped", file=sys.stderr)
     return 1
 
