@@ -75,10 +75,13 @@ def hardened_server_environment(base: Mapping[str, str] | None = None, *,
     holds checked, the switch that makes this package's plugin harden the server, and how long
     requests in flight may run after SIGTERM."""
     env = dict(os.environ if base is None else base)
+    for name in (API_KEY_ENV, ADMIN_API_KEY_ENV):
+        if env.get(name) == "":
+            del env[name]  # `MEGREZ_API_KEY= ./launch_server.sh`: no key
     api_key, admin_key = env.get(API_KEY_ENV), env.get(ADMIN_API_KEY_ENV)
     for name, value in ((API_KEY_ENV, api_key), (ADMIN_API_KEY_ENV, admin_key)):
         if value is not None and not value.strip():
-            raise KeyConfigurationError(f"{name} is set but empty: unset it, or set a key")
+            raise KeyConfigurationError(f"{name} is blank: unset it, or set a key")
         if value is not None and value != value.strip():
             raise KeyConfigurationError(f"{name} has leading or trailing whitespace; clients would "
                                         "have to send it verbatim in the Authorization header")

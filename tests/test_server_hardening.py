@@ -131,10 +131,13 @@ def test_the_readme_lists_every_endpoint_by_who_may_call_it():
     assert rows["user"] == {r.path for r in routes if not r.control} - anyone
 
 
-def test_an_admin_key_equal_to_the_api_key_is_refused():
+def test_key_settings_that_would_protect_nothing_are_refused():
     with pytest.raises(KeyConfigurationError, match="MEGREZ_ADMIN_API_KEY equals MEGREZ_API_KEY"):
         hardened_server_environment({"MEGREZ_API_KEY": "sk-1", "MEGREZ_ADMIN_API_KEY": "sk-1"})
     assert hardened_server_environment({"MEGREZ_API_KEY": "sk-1"})["MEGREZ_HARDENED_SERVER"] == "1"
+    assert "MEGREZ_API_KEY" not in hardened_server_environment({"MEGREZ_API_KEY": ""})  # empty: no key
+    with pytest.raises(KeyConfigurationError, match="MEGREZ_API_KEY is blank"):
+        hardened_server_environment({"MEGREZ_API_KEY": "  "})
 
 
 def test_a_key_passed_as_a_flag_is_refused_before_anything_starts(tiny_checkpoint, monkeypatch, capsys):
