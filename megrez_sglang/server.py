@@ -217,10 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"launch_server: error: {message}", file=sys.stderr)
         return 2
 
-    try:
-        model = resolve_model_path(args.model_path)
-    except ModelPathError as e:
-        return fail(str(e))
     key_flags = [a for a in extra if a.split("=", 1)[0] in KEY_FLAGS]
     if key_flags:
         return fail(f"{key_flags[0].split('=', 1)[0]} would put the key on the command line, where "
@@ -228,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         environment = hardened_server_environment(drain_timeout_s=args.shutdown_timeout)
     except KeyConfigurationError as e:
+        return fail(str(e))
+    try:
+        model = resolve_model_path(args.model_path)
+    except ModelPathError as e:
         return fail(str(e))
     if not port_is_free(args.host, args.port):
         return fail(f"port {args.port} on {args.host} is already in use (choose another with --port)")
