@@ -81,7 +81,8 @@ def _statement_patterns(L: str) -> list[re.Pattern]:
         rf"""["']?(?:{en_subject}|答案)["']?\s*[:=]\s*["']?\s*{opt}?\s*\(?({L})\)?""",
         rf"\banswer\s*\n\s*\(?({L})\)?",  # a heading "Answer" then the letter on its own line
         # the (correct) answer is C / the right choice is option C / the answer should be (B)
-        rf"\b{en_subject}\s+(?:is|would be|should be|must be|will be)\s*:?\s*(?:clearly\s+|definitely\s+|likely\s+|probably\s+)?(?:{opt}\s+)?\(?({L})\)?",
+        rf"\b{en_subject}\s+(?:is|would be|should be|must be|will be)\s*:?\s*"
+        rf"(?:clearly\s+|definitely\s+|likely\s+|probably\s+)?(?:{opt}\s+)?\(?({L})\)?",
         # C is the correct answer / Option D is correct / (D) is the right choice / D is the answer
         rf"(?:\b{opt}\s+)?\(?\b({L})\)?\s+is\s+(?:the\s+)?(?:correct|right|best|answer)",
         # I choose C / I'd go with (B) / I'll pick option B / select D
@@ -112,7 +113,8 @@ def _stated_letters(t: str, letters: str) -> list[tuple[int, str]]:
         for m in pattern.finditer(t):
             letter, end = m.group(1), m.end(1)
             after = t[end:]
-            if re.match(r"\)?(?:[A-Za-z0-9]|['’]s\b)", after):  # part of a word: "answer is a bit", "Option A's"
+            # part of a word: "the answer is a bit ...", "Option A's claim"
+            if re.match(r"\)?(?:[A-Za-z0-9]|['’]s\b)", after):
                 continue
             # a lowercase letter counts only where nothing follows it but punctuation or the end
             if letter.islower() and not re.match(r"""\)?\s*(?:$|[.。,，;；:："'}\])])""", after):

@@ -20,8 +20,7 @@ from sglang.lang.chat_template import get_chat_template_by_model_path
 from transformers import PreTrainedTokenizerFast
 
 from megrez_sglang.programs import chat_template
-from megrez_sglang.programs.chat_template import (ChatTemplateError, checkpoint_chat_template,
-                                                  frontend_text)
+from megrez_sglang.programs.chat_template import ChatTemplateError, checkpoint_chat_template, frontend_text
 
 # Megrez-3B-Instruct's template as published (llama.cpp's chat-template tests carry it verbatim).
 MEGREZ_3B_TEMPLATE = (
@@ -37,7 +36,8 @@ NO_DEFAULT_SYSTEM_TEMPLATE = (
     "message['content'] + '<|turn_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|role_start|>assistant<|role_end|>\\n' }}{% endif %}"
 )
-TEMPLATES = {"project": None, "megrez-3b": MEGREZ_3B_TEMPLATE, "no-default-system": NO_DEFAULT_SYSTEM_TEMPLATE}
+TEMPLATES = {"project": None, "megrez-3b": MEGREZ_3B_TEMPLATE,
+             "no-default-system": NO_DEFAULT_SYSTEM_TEMPLATE}
 
 CONVERSATIONS = {
     "single-turn": [{"role": "user", "content": "世界上最高的山峰是哪座？"}],
@@ -119,7 +119,8 @@ def test_each_template_keeps_its_own_default_system_turn(template_checkpoints):
         "<|role_start|>system<|role_end|>你是Megrez-3B-Instruct，将针对用户的问题给出详细的、积极的回答。")
     assert texts["no-default-system"] == ("<|role_start|>user<|role_end|>\n世界上最高的山峰是哪座？"
                                           "<|turn_end|>\n<|role_start|>assistant<|role_end|>\n")
-    assert get_chat_template_by_model_path(template_checkpoints["no-default-system"]).default_system_prompt is None
+    no_default = get_chat_template_by_model_path(template_checkpoints["no-default-system"])
+    assert no_default.default_system_prompt is None
 
 
 def test_the_stop_string_is_the_assistant_turn_end(template_checkpoints):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sglang as sgl
 
-from . import chat_template
 from ..engine import engine_args
+from . import chat_template
 
 
 def endpoint(base_url: str, api_key: str | None = None) -> sgl.RuntimeEndpoint:
