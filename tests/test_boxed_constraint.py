@@ -14,8 +14,7 @@ import re
 
 import pytest
 
-from megrez_sglang.programs.grammars import (BOXED_EBNF, BOXED_MAX_CHARS, BOXED_REGEX,
-                                             boxed_constraint)
+from megrez_sglang.programs.grammars import BOXED_EBNF, BOXED_MAX_CHARS, BOXED_REGEX, boxed_constraint
 
 HARD_GOLD_ANSWERS = [
     # the answers the former 24-item regex could not spell (MATH-500)

@@ -41,7 +41,7 @@ _CHAR = r"[^{}\x00-\x1f]"  # no braces, no newline or other control character
 
 
 def _run(n: int) -> str:
-    return _CHAR + "{0,%d}" % n
+    return _CHAR + f"{{0,{n}}}"
 
 
 def _group(run: int, subgroups: int, inner: tuple[str, int] | None) -> tuple[str, int]:
@@ -50,7 +50,7 @@ def _group(run: int, subgroups: int, inner: tuple[str, int] | None) -> tuple[str
     if inner is None:
         return r"\{" + _run(run) + r"\}", run + 2
     regex, length = inner
-    return (r"\{" + _run(run) + "(?:" + regex + _run(run) + "){0,%d}" % subgroups + r"\}",
+    return (r"\{" + _run(run) + "(?:" + regex + _run(run) + f"){{0,{subgroups}}}" + r"\}",
             2 + run + subgroups * (length + run))
 
 
@@ -59,8 +59,8 @@ _DEPTH3 = _group(4, 0, None)
 _DEPTH2 = _group(8, 1, _DEPTH3)
 _DEPTH1_REGEX, _DEPTH1_LENGTH = _group(16, 2, _DEPTH2)
 # The answer inside the box: a run or a group first (so it is not empty), then group-run pairs.
-BOXED_CONTENT_REGEX = ("(?:" + _CHAR + "{1,%d}|" % BOXED_TOP_RUN + _DEPTH1_REGEX + _run(BOXED_TOP_RUN)
-                       + ")(?:" + _DEPTH1_REGEX + _run(BOXED_TOP_RUN) + "){0,%d}" % (BOXED_TOP_GROUPS - 1))
+BOXED_CONTENT_REGEX = ("(?:" + _CHAR + f"{{1,{BOXED_TOP_RUN}}}|" + _DEPTH1_REGEX + _run(BOXED_TOP_RUN)
+                       + ")(?:" + _DEPTH1_REGEX + _run(BOXED_TOP_RUN) + f"){{0,{BOXED_TOP_GROUPS - 1}}}")
 BOXED_MAX_CHARS = BOXED_TOP_GROUPS * (_DEPTH1_LENGTH + BOXED_TOP_RUN)
 BOXED_REGEX = r"\\boxed\{" + BOXED_CONTENT_REGEX + r"\}"
 BOXED_MAX_TOKENS = BOXED_MAX_CHARS + len("\\boxed{}")
