@@ -9,8 +9,13 @@
 """
 
 from .backends import endpoint, runtime
-from .choice import (ChoiceResult, ChoiceVote, answer_choice, answer_choice_batch,
-                     answer_choice_self_consistent)
+from .choice import (
+                     ChoiceResult,
+                     ChoiceVote,
+                     answer_choice,
+                     answer_choice_batch,
+                     answer_choice_self_consistent,
+)
 from .grammars import BOXED_REGEX, answer_json_regex, answer_json_schema
 from .math import MathResult, MathVote, solve_math, solve_math_batch, solve_math_self_consistent
 

@@ -1,7 +1,11 @@
-"""Multiple choice: optional reasoning, then the answer forced to ``{"answer": "<L>"}``.
+"""Multiple choice: reasoning within a budget, then the answer forced to ``{"answer": "<L>"}``.
 
 The prompt is the card's (prompts/choice.*: question, lettered options, and "show your choice in
-the answer field ... e.g. "answer": "C""). L can only be one of the item's own letters.
+the answer field ... e.g. "answer": "C""). As the card's MMLU-Pro and C-Eval figures were
+measured with reasoning, the model first writes freely (at most `reasoning_max_tokens`, default
+REASONING_MAX_TOKENS); the reasoning stops where the model starts its own answer object (or a JSON
+code block), and the object is then generated under the grammar, L one of the item's own letters.
+``reasoning_max_tokens=0`` asks for the answer object directly.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import sglang as sgl
 
 from ..answers import extract_choice, majority_answer
 from ..prompts import choice_prompt, option_letters
-from . import chat_template  # noqa: F401  (registers the Megrez chat format)
+from . import chat_template  # noqa: F401  (the checkpoint's own chat format for SGLang's lookup)
 from .grammars import answer_json_regex
+from .math import completion_tokens
 
 ANSWER_MAX_TOKENS = 32
-# Stop free reasoning where the model starts writing the answer object itself.
-REASONING_STOPS = ['{"answer"', '"answer"']
+REASONING_MAX_TOKENS = 1024
+# Stop free reasoning where the model starts writing the answer object itself (longest first:
+# SGLang trims the first stop string that matches, and '{"answer"' should take its brace along).
+REASONING_STOPS = ['{\n  "answer"', '{\n"answer"', '{ "answer"', '{"answer"', "```json", '"answer"']
 
 
 @dataclass
@@ -38,8 +45,8 @@ class ChoiceVote:
 
 
 @sgl.function
-def choice_program(s, question, options, lang="zh", reasoning_max_tokens=0, temperature=0.7,
-                   top_p=0.9, constrained=True):
+def choice_program(s, question, options, lang="zh", reasoning_max_tokens=REASONING_MAX_TOKENS,
+                   temperature=0.7, top_p=0.9, constrained=True):
     s += sgl.user(choice_prompt(question, options, lang))
     s += sgl.assistant_begin()
     if reasoning_max_tokens:
@@ -51,8 +58,8 @@ def choice_program(s, question, options, lang="zh", reasoning_max_tokens=0, temp
 
 
 @sgl.function
-def choice_self_consistency_program(s, question, options, k=8, lang="zh", reasoning_max_tokens=0,
-                                    temperature=0.7, top_p=0.9):
+def choice_self_consistency_program(s, question, options, k=8, lang="zh",
+                                    reasoning_max_tokens=REASONING_MAX_TOKENS, temperature=0.7, top_p=0.9):
     s += sgl.user(choice_prompt(question, options, lang))
     s += sgl.assistant_begin()
     branches = s.fork(k)  # the prompt is prefilled once and reused from the radix cache
@@ -77,12 +84,13 @@ def _result(state, options, constrained: bool) -> ChoiceResult:
     reasoning = state.get_var("reasoning") if "reasoning" in state.stream_executor.variables else ""
     answer_json = state["answer_json"]
     return ChoiceResult(_letter(answer_json, option_letters(options), constrained), reasoning,
-                        reasoning + answer_json)
+                        reasoning + answer_json, completion_tokens(state, "reasoning", "answer_json"))
 
 
 def answer_choice(question: str, options, backend, *, constrained: bool = True, **params) -> ChoiceResult:
     """One item. `options`: texts (lettered A, B, ...) or {letter: text}. `params`: lang,
-    reasoning_max_tokens, temperature, top_p."""
+    reasoning_max_tokens (default REASONING_MAX_TOKENS; 0: the answer object directly),
+    temperature, top_p."""
     state = choice_program.run(question=question, options=options, constrained=constrained,
                                backend=backend, **params)
     return _result(state, options, constrained)
@@ -94,14 +102,16 @@ def answer_choice_batch(items: list[tuple[str, object]], backend, *, constrained
     states = choice_program.run_batch(
         [dict(question=q, options=o, constrained=constrained, **params) for q, o in items],
         backend=backend, num_threads=num_threads, progress_bar=progress_bar)
-    return [_result(s, o, constrained) for s, (_, o) in zip(states, items)]
+    return [_result(s, o, constrained) for s, (_, o) in zip(states, items, strict=True)]
 
 
 def answer_choice_self_consistent(question: str, options, backend, *, k: int = 8, **params) -> ChoiceVote:
+    """k samples sharing the prompt prefix, each reasoning then answering as answer_choice does;
+    the majority letter."""
     state = choice_self_consistency_program.run(question=question, options=options, k=k,
                                                 backend=backend, **params)
     reasonings = state["reasoning"] if "reasoning" in state.stream_executor.variables else [""] * k
     samples = [ChoiceResult(json.loads(a)["answer"], r, r + a)
-               for r, a in zip(reasonings, state["answer_json"])]
+               for r, a in zip(reasonings, state["answer_json"], strict=True)]
     letter, votes = majority_answer([c.letter for c in samples])
     return ChoiceVote(letter, votes, samples, state["branch_cached_tokens"])
