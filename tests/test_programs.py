@@ -8,7 +8,7 @@ import re
 import openai
 import pytest
 
-from megrez_sglang.answers import extract_choice, last_boxed
+from megrez_sglang.answers import extract_choice
 from megrez_sglang.programs import (
     answer_choice,
     answer_choice_batch,
@@ -21,6 +21,7 @@ from megrez_sglang.programs import (
 )
 from megrez_sglang.programs.choice import REASONING_MAX_TOKENS, REASONING_STOPS
 from megrez_sglang.programs.grammars import answer_json_regex
+from megrez_sglang.programs.math import box_content
 from megrez_sglang.programs.openai_recipes import openai_choice, openai_math
 from megrez_sglang.prompts import option_letters
 
@@ -52,10 +53,11 @@ def backend(server):
 
 
 def is_boxed_answer(text: str) -> bool:
-    """Exactly one well-formed final answer: \\boxed{...} with balanced braces, no newline.
-    (Not re.fullmatch(BOXED_REGEX): a random model can emit byte tokens that SGLang's detokenizer
-    shows as U+FFFD, one per byte, which changes the character count, not the form.)"""
-    content = last_boxed(text)
+    """Exactly one well-formed final answer: \\boxed{...} around a non-empty answer with balanced
+    braces and no newline. (Not re.fullmatch(BOXED_REGEX): a random model can emit byte tokens
+    that SGLang's detokenizer shows as U+FFFD, one per byte, which changes the character count,
+    not the form.)"""
+    content = box_content(text)
     return (content is not None and text == "\\boxed{" + content + "}" and len(content) > 0
             and not re.search(r"[\x00-\x1f]", content))
 
@@ -67,7 +69,8 @@ def test_math_program_is_always_format_valid(backend):
     for r in results:
         boxed = r.text[len(r.reasoning):]
         assert is_boxed_answer(boxed), boxed
-        assert r.answer is not None and r.answer == last_boxed(r.text) and "\n" not in r.answer
+        assert r.answer is not None and r.text == r.reasoning + "\\boxed{" + r.answer + "}"
+        assert "\n" not in r.answer
     assert len({r.answer for r in results}) > RUNS // 2  # sampled, not one canned answer
 
 
@@ -227,3 +230,13 @@ def test_eval_choice_recipe_reasons_then_continues_the_turn_under_the_schema(ser
     assert second["response_format"]["json_schema"]["schema"]["properties"]["answer"]["enum"] == \
         option_letters(options)
     assert c.letter in option_letters(options)
+
+
+@pytest.mark.parametrize("box, answer", [
+    (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+    (r"\boxed{see \boxed 5 above}", r"see \boxed 5 above"),  # last_boxed would read "5"
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)"),
+    (r"\boxed{\frac{1}{2", None),  # cut off by the token budget: nothing to read
+])
+def test_box_content_is_the_whole_constrained_box(box, answer):
+    assert box_content(box) == answer

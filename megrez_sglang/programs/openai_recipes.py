@@ -21,11 +21,10 @@ from __future__ import annotations
 import json
 from functools import cache
 
-from ..answers import last_boxed
 from ..prompts import choice_prompt, math_prompt, option_letters
 from .choice import ANSWER_MAX_TOKENS, REASONING_MAX_TOKENS, REASONING_STOPS, ChoiceResult
 from .grammars import BOXED_MAX_TOKENS, answer_json_schema, boxed_constraint
-from .math import MathResult
+from .math import MathResult, box_content
 
 CARD_SAMPLING = {"temperature": 0.7, "top_p": 0.9}
 
@@ -70,7 +69,7 @@ def boxed_math_reply(client, model: str, messages: list[dict], *, reasoning_max_
     second = _continue(client, model, messages, reasoning, max_tokens=BOXED_MAX_TOKENS,
                        extra_body=extra, **sampling)
     boxed = second.choices[0].message.content or ""
-    return MathResult(reasoning, last_boxed(boxed), reasoning + boxed,
+    return MathResult(reasoning, box_content(boxed), reasoning + boxed,
                       first.usage.completion_tokens + second.usage.completion_tokens)
 
 
