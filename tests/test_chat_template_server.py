@@ -57,7 +57,7 @@ def chat_prompt_ids(client, messages) -> list[int]:
 def assert_programs_send_the_chat_ids(backend, client, sent_prompt_ids):
     for name, messages in CONVERSATIONS.items():
         sent_prompt_ids.clear()
-        reply_program.run(messages=messages, backend=backend, temperature=0)
+        reply_program.run(messages=messages, backend=backend, temperature=0).sync()
         assert len(sent_prompt_ids) == 1, name
         assert sent_prompt_ids[0] == chat_prompt_ids(client, messages), name
 

@@ -19,10 +19,10 @@ from megrez_sglang.programs import (
     solve_math_batch,
     solve_math_self_consistent,
 )
-from megrez_sglang.programs.choice import REASONING_MAX_TOKENS, REASONING_STOPS
+from megrez_sglang.programs.choice import REASONING_MAX_TOKENS, REASONING_STOPS, opens_answer_object
 from megrez_sglang.programs.grammars import answer_json_regex
 from megrez_sglang.programs.math import box_content
-from megrez_sglang.programs.openai_recipes import openai_choice, openai_math
+from megrez_sglang.programs.openai_recipes import openai_choice, openai_math, server_grammar_backend
 from megrez_sglang.prompts import option_letters
 
 from .conftest import API_KEY
@@ -90,12 +90,21 @@ def test_choice_program_is_always_valid_and_within_the_items_letters(backend):
     assert len({r.letter for r in results}) >= 4
 
 
+def ends_with_the_answer_object(result, letters) -> bool:
+    """The reply is the reasoning, then the answer object (or its rest after the model's own
+    opening brace) naming the result's letter, one of `letters`."""
+    answer = result.text[len(result.reasoning):]
+    opened = opens_answer_object(result.reasoning)
+    return (result.text.startswith(result.reasoning) and result.letter in letters
+            and re.fullmatch(answer_json_regex(letters, opened=opened), answer) is not None
+            and json.loads(("{" if opened else "") + answer) == {"answer": result.letter})
+
+
 def test_choice_program_with_reasoning_is_valid(backend):
     results = answer_choice_batch(CHOICE_ITEMS[:10], backend, reasoning_max_tokens=16,
                                   num_threads=10, progress_bar=False, **SAMPLING)
     for (_, options), r in zip(CHOICE_ITEMS, results):
-        assert r.letter in option_letters(options)
-        assert r.text == r.reasoning + json.dumps({"answer": r.letter})
+        assert ends_with_the_answer_object(r, option_letters(options)), r.text
 
 
 def test_choice_prompts_unconstrained_are_mostly_invalid(backend):
@@ -124,7 +133,7 @@ def test_choice_self_consistency_votes_among_the_items_letters(backend):
                                          **SAMPLING)
     letters = [s.letter for s in vote.samples]
     assert set(letters) <= set(option_letters(options))
-    assert all(s.text == s.reasoning + json.dumps({"answer": s.letter}) for s in vote.samples)
+    assert all(ends_with_the_answer_object(s, option_letters(options)) for s in vote.samples)
     assert vote.votes == letters.count(vote.letter) == max(letters.count(l) for l in letters)
     assert min(vote.branch_cached_tokens) >= 40
 
@@ -136,9 +145,10 @@ def test_openai_client_recipes_are_format_valid(server):
         assert is_boxed_answer(m.text[len(m.reasoning):]) and m.answer is not None
         question, options = CHOICE_ITEMS[i]
         c = openai_choice(client, "megrez-moe", question, options, reasoning_max_tokens=16)
-        assert c.letter in option_letters(options)
-        assert c.text.startswith(c.reasoning)
-        assert json.loads(c.text[len(c.reasoning):]) == {"answer": c.letter}
+        if c.reasoning.strip():
+            assert ends_with_the_answer_object(c, option_letters(options)), c.text
+        else:  # answered at once, under the JSON schema
+            assert json.loads(c.text) == {"answer": c.letter} and c.letter in option_letters(options)
 
 
 def test_programs_run_in_process_through_sgl_runtime(tiny_checkpoint, server):
@@ -178,8 +188,9 @@ def test_choice_reasons_within_the_budget_then_answers_under_the_items_letters(b
     (reasoning_req, reasoning_out), (answer_req, answer_out) = generate_requests
     assert reasoning_req["sampling_params"]["max_new_tokens"] == REASONING_MAX_TOKENS == 1024
     assert set(REASONING_STOPS) <= set(reasoning_req["sampling_params"]["stop"])
-    assert "regex" not in reasoning_req["sampling_params"]
-    assert answer_req["sampling_params"]["regex"] == answer_json_regex(option_letters(options))
+    assert reasoning_req["sampling_params"].get("regex") is None
+    opened = opens_answer_object(reasoning_out["text"])
+    assert answer_req["sampling_params"]["regex"] == answer_json_regex(option_letters(options), opened=opened)
     assert answer_req["text"] == reasoning_req["text"] + reasoning_out["text"]  # answers after reasoning
     assert r.reasoning == reasoning_out["text"] and r.text == r.reasoning + answer_out["text"]
     assert r.completion_tokens == (reasoning_out["meta_info"]["completion_tokens"]
@@ -194,21 +205,24 @@ def test_a_zero_budget_answers_directly(backend, generate_requests):
     assert r.reasoning == "" and json.loads(r.text) == {"answer": r.letter}
 
 
-@pytest.mark.parametrize("own_answer", ['{"answer": "B"}', '{\n  "answer": "B"\n}', '"answer": "B"',
-                                        '```json\n{"answer": "B"}\n```'])
-def test_reasoning_stops_where_the_model_starts_its_own_answer_object(server, own_answer):
-    """The stop strings cut a reply that goes on to write the answer object itself right before it
-    (brace and code fence included), so the constrained object follows the reasoning cleanly."""
-    import re as regex_module
-
+@pytest.mark.parametrize("own_answer, left_in_reasoning", [
+    ('{"answer": "B"}', "{"), ('{\n  "answer": "B"\n}', "{\n  "), ('"answer": "B"', ""),
+    ('```json\n{"answer": "B"}\n```', ""),
+])
+def test_reasoning_stops_where_the_model_starts_its_own_answer_object(server, own_answer,
+                                                                     left_in_reasoning):
+    """A reply that goes on to write the answer object itself is cut at its "answer" key (or its
+    code fence); an opening brace it wrote stays, and the grammar then writes the object's rest."""
     import requests
 
     reasoning = "Because 3 + 5 = 8, only B fits. "
+    forced = re.escape(reasoning + own_answer).replace("\\ ", " ")  # XGrammar: no "\ " escape
     r = requests.post(f"{server.url}/generate", headers={"Authorization": f"Bearer {API_KEY}"},
                       json={"text": "Q: which? A. 7 B. 8\n", "sampling_params": {
                           "max_new_tokens": 64, "temperature": 0, "stop": REASONING_STOPS,
-                          "regex": regex_module.escape(reasoning + own_answer)}}, timeout=120)
-    assert r.status_code == 200 and r.json()["text"] == reasoning
+                          "regex": forced}}, timeout=120)
+    assert r.status_code == 200 and r.json()["text"] == reasoning + left_in_reasoning
+    assert opens_answer_object(r.json()["text"]) is (left_in_reasoning != "")
 
 
 def test_eval_choice_recipe_reasons_then_continues_the_turn_under_the_schema(server):
@@ -227,9 +241,10 @@ def test_eval_choice_recipe_reasons_then_continues_the_turn_under_the_schema(ser
     assert first["max_tokens"] == 24 and first["stop"] == REASONING_STOPS and "response_format" not in first
     assert second["messages"][-1] == {"role": "assistant", "content": c.reasoning}
     assert second["continue_final_message"] is True
-    assert second["response_format"]["json_schema"]["schema"]["properties"]["answer"]["enum"] == \
-        option_letters(options)
-    assert c.letter in option_letters(options)
+    assert second["regex"] == answer_json_regex(option_letters(options),
+                                                opened=opens_answer_object(c.reasoning))
+    assert ends_with_the_answer_object(c, option_letters(options))
+    assert server_grammar_backend(client) == "xgrammar"  # the eval's box form follows the server
 
 
 @pytest.mark.parametrize("box, answer", [

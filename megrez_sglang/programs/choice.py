@@ -10,7 +10,7 @@ code block), and the object is then generated under the grammar, L one of the it
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 
 import sglang as sgl
@@ -23,9 +23,23 @@ from .math import completion_tokens
 
 ANSWER_MAX_TOKENS = 32
 REASONING_MAX_TOKENS = 1024
-# Stop free reasoning where the model starts writing the answer object itself (longest first:
-# SGLang trims the first stop string that matches, and '{"answer"' should take its brace along).
-REASONING_STOPS = ['{\n  "answer"', '{\n"answer"', '{ "answer"', '{"answer"', "```json", '"answer"']
+# Stop free reasoning where the model starts writing the answer object itself: at its "answer"
+# key, or at a JSON code block. A brace it opened before the key stays in the reasoning, and the
+# grammar then writes the rest of the object (answer_json_regex(opened=True)). (Longer stops such
+# as '{"answer"' are not reliable: SGLang looks for a stop in a window of as many tokens as the
+# stop string's own encoding has, and a model may spell it in more.)
+REASONING_STOPS = ['"answer"', "```json"]
+_ANSWER_LETTER = re.compile(r'"answer": "([A-Z])"')
+
+
+def opens_answer_object(reasoning: str) -> bool:
+    """Whether the reasoning ends with the opening brace of the model's own answer object."""
+    return reasoning.rstrip().endswith("{")
+
+
+def answer_letter(answer_json: str) -> str:
+    """The letter of an answer object generated under answer_json_regex (whole or opened)."""
+    return _ANSWER_LETTER.search(answer_json).group(1)
 
 
 @dataclass
@@ -49,11 +63,14 @@ def choice_program(s, question, options, lang="zh", reasoning_max_tokens=REASONI
                    temperature=0.7, top_p=0.9, constrained=True):
     s += sgl.user(choice_prompt(question, options, lang))
     s += sgl.assistant_begin()
+    opened = False
     if reasoning_max_tokens:
         s += sgl.gen("reasoning", max_tokens=reasoning_max_tokens, stop=REASONING_STOPS,
                      temperature=temperature, top_p=top_p)
+        opened = opens_answer_object(s["reasoning"])
+    regex = answer_json_regex(option_letters(options), opened=opened) if constrained else None
     s += sgl.gen("answer_json", max_tokens=ANSWER_MAX_TOKENS, temperature=temperature, top_p=top_p,
-                 regex=answer_json_regex(option_letters(options)) if constrained else None)
+                 regex=regex)
     s += sgl.assistant_end()
 
 
@@ -63,28 +80,26 @@ def choice_self_consistency_program(s, question, options, k=8, lang="zh",
     s += sgl.user(choice_prompt(question, options, lang))
     s += sgl.assistant_begin()
     branches = s.fork(k)  # the prompt is prefilled once and reused from the radix cache
-    for b in branches:
-        if reasoning_max_tokens:
+    if reasoning_max_tokens:  # every branch reasons at once, then each answers
+        for b in branches:
             b += sgl.gen("reasoning", max_tokens=reasoning_max_tokens, stop=REASONING_STOPS,
                          temperature=temperature, top_p=top_p)
+    for b in branches:
+        opened = bool(reasoning_max_tokens) and opens_answer_object(b["reasoning"])
         b += sgl.gen("answer_json", max_tokens=ANSWER_MAX_TOKENS, temperature=temperature,
-                     top_p=top_p, regex=answer_json_regex(option_letters(options)))
+                     top_p=top_p, regex=answer_json_regex(option_letters(options), opened=opened))
     first = "reasoning" if reasoning_max_tokens else "answer_json"
     s.set_var("branch_cached_tokens", [b.get_meta_info(first)["cached_tokens"] for b in branches])
     branches.join()
 
 
-def _letter(answer_json: str, letters: list[str], constrained: bool) -> str | None:
-    if constrained:  # the grammar guarantees the object; parse it as JSON
-        return json.loads(answer_json)["answer"]
-    return extract_choice(answer_json, letters)
-
-
 def _result(state, options, constrained: bool) -> ChoiceResult:
     reasoning = state.get_var("reasoning") if "reasoning" in state.stream_executor.variables else ""
     answer_json = state["answer_json"]
-    return ChoiceResult(_letter(answer_json, option_letters(options), constrained), reasoning,
-                        reasoning + answer_json, completion_tokens(state, "reasoning", "answer_json"))
+    text = reasoning + answer_json
+    # constrained: the grammar guarantees the object; otherwise read the whole reply as a grader does
+    letter = answer_letter(answer_json) if constrained else extract_choice(text, option_letters(options))
+    return ChoiceResult(letter, reasoning, text, completion_tokens(state, "reasoning", "answer_json"))
 
 
 def answer_choice(question: str, options, backend, *, constrained: bool = True, **params) -> ChoiceResult:
@@ -111,7 +126,7 @@ def answer_choice_self_consistent(question: str, options, backend, *, k: int = 8
     state = choice_self_consistency_program.run(question=question, options=options, k=k,
                                                 backend=backend, **params)
     reasonings = state["reasoning"] if "reasoning" in state.stream_executor.variables else [""] * k
-    samples = [ChoiceResult(json.loads(a)["answer"], r, r + a)
+    samples = [ChoiceResult(answer_letter(a), r, r + a)
                for r, a in zip(reasonings, state["answer_json"], strict=True)]
     letter, votes = majority_answer([c.letter for c in samples])
     return ChoiceVote(letter, votes, samples, state["branch_cached_tokens"])

@@ -104,9 +104,10 @@ def _letters(letters) -> list[str]:
     return letters
 
 
-def answer_json_regex(letters) -> str:
-    """``{"answer": "<L>"}`` with L one of `letters`."""
-    return r'\{"answer": "(?:' + "|".join(_letters(letters)) + r')"\}'
+def answer_json_regex(letters, *, opened: bool = False) -> str:
+    """``{"answer": "<L>"}`` with L one of `letters`; `opened`: the rest of it after an opening
+    brace the model wrote itself (``"answer": "<L>"}``)."""
+    return ("" if opened else r"\{") + r'"answer": "(?:' + "|".join(_letters(letters)) + r')"\}'
 
 
 def answer_json_schema(letters) -> dict:

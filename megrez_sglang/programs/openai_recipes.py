@@ -12,8 +12,10 @@ under a constraint, as the frontend-language programs do:
   the server's grammar backend's form of it (``boxed_constraint``: the recursive EBNF on xgrammar
   and llguidance, the finite regex on outlines) in ``extra_body``;
 * multiple choice: free reasoning stopped where the model starts its own answer object (or the
-  budget), then ``response_format`` = a JSON schema whose ``answer`` is an enum of the item's
-  letters. ``reasoning_max_tokens=0`` (or a model that answers at once) is one request.
+  budget), then the object (or its rest, after the model's own opening brace) under the answer
+  regex with only the item's letters. ``reasoning_max_tokens=0`` (or a model that answers at
+  once) is one request with ``response_format`` = a JSON schema whose ``answer`` is an enum of the
+  item's letters.
 """
 
 from __future__ import annotations
@@ -22,8 +24,15 @@ import json
 from functools import cache
 
 from ..prompts import choice_prompt, math_prompt, option_letters
-from .choice import ANSWER_MAX_TOKENS, REASONING_MAX_TOKENS, REASONING_STOPS, ChoiceResult
-from .grammars import BOXED_MAX_TOKENS, answer_json_schema, boxed_constraint
+from .choice import (
+    ANSWER_MAX_TOKENS,
+    REASONING_MAX_TOKENS,
+    REASONING_STOPS,
+    ChoiceResult,
+    answer_letter,
+    opens_answer_object,
+)
+from .grammars import BOXED_MAX_TOKENS, answer_json_regex, answer_json_schema, boxed_constraint
 from .math import MathResult, box_content
 
 CARD_SAMPLING = {"temperature": 0.7, "top_p": 0.9}
@@ -76,7 +85,7 @@ def boxed_math_reply(client, model: str, messages: list[dict], *, reasoning_max_
 def choice_reply(client, model: str, messages: list[dict], letters, *,
                  reasoning_max_tokens: int = REASONING_MAX_TOKENS, **sampling) -> ChoiceResult:
     """Reasoning within `reasoning_max_tokens`, then the answer object, its letter restricted to
-    `letters` by a JSON schema."""
+    `letters` (by the answer regex after reasoning, by a JSON schema without)."""
     sampling = {**CARD_SAMPLING, **sampling}
     schema = {"type": "json_schema", "json_schema": {
         "name": "choice", "schema": answer_json_schema(list(letters)), "strict": True}}
@@ -86,14 +95,17 @@ def choice_reply(client, model: str, messages: list[dict], letters, *,
                                                max_tokens=reasoning_max_tokens, **sampling)
         reasoning, tokens = first.choices[0].message.content or "", first.usage.completion_tokens
     if reasoning.strip():
+        regex = answer_json_regex(list(letters), opened=opens_answer_object(reasoning))
         r = _continue(client, model, messages, reasoning, max_tokens=ANSWER_MAX_TOKENS,
-                      response_format=schema, **sampling)
+                      extra_body={"regex": regex, **sampling.pop("extra_body", {})}, **sampling)
+        text = r.choices[0].message.content or ""
+        letter = answer_letter(text)
     else:  # no reasoning asked for, or the model went straight to its answer
         r = client.chat.completions.create(model=model, messages=messages, max_tokens=ANSWER_MAX_TOKENS,
                                            response_format=schema, **sampling)
-    text = r.choices[0].message.content or ""
-    return ChoiceResult(json.loads(text)["answer"], reasoning, reasoning + text,
-                        tokens + r.usage.completion_tokens)
+        text = r.choices[0].message.content or ""
+        letter = json.loads(text)["answer"]
+    return ChoiceResult(letter, reasoning, reasoning + text, tokens + r.usage.completion_tokens)
 
 
 def openai_math(client, model: str, question: str, *, lang: str = "zh",
