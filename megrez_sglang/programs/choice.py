@@ -25,9 +25,10 @@ ANSWER_MAX_TOKENS = 32
 REASONING_MAX_TOKENS = 1024
 # Stop free reasoning where the model starts writing the answer object itself: at its "answer"
 # key, or at a JSON code block. A brace it opened before the key stays in the reasoning, and the
-# grammar then writes the rest of the object (answer_json_regex(opened=True)). (Longer stops such
-# as '{"answer"' are not reliable: SGLang looks for a stop in a window of as many tokens as the
-# stop string's own encoding has, and a model may spell it in more.)
+# grammar then writes the rest of the object (answer_json_regex(opened=True)). The stops are
+# short on purpose: SGLang looks for them in the last few tokens (the longest stop's own encoding
+# plus one), so a long stop such as '{\n  "answer"' spelled in more tokens was missed in tests
+# while the '"answer"' inside it matched, leaving the brace behind anyway.
 REASONING_STOPS = ['"answer"', "```json"]
 _ANSWER_LETTER = re.compile(r'"answer": "([A-Z])"')
 
