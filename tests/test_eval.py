@@ -283,7 +283,8 @@ def test_free_mode_reads_answers_out_of_text(server, tmp_path):
 def test_a_killed_run_resumes_without_losing_or_duplicating(server, tmp_path, full_data_dir):
     out = tmp_path / "resume"
     args = ["-m", "eval", "--base-url", server.url, "--benchmarks", "mmlu_pro", "--limit", "40",
-            "--concurrency", "1", "--out", str(out), "--data-dir", str(full_data_dir), "--no-progress"]
+            "--concurrency", "1", "--reasoning-max-tokens", "8", "--out", str(out),
+            "--data-dir", str(full_data_dir), "--no-progress"]
     first = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env={**os.environ, "MEGREZ_API_KEY": API_KEY})
     path = out / "mmlu_pro.jsonl"
