@@ -67,6 +67,38 @@ def test_dp_ranks_get_a_binding_and_a_callers_binding_wins(monkeypatch, tmp_path
     assert os.environ[CPU_THREADS_BIND_ENV] == "1"
 
 
+def test_each_machine_binds_only_the_ranks_it_runs(monkeypatch, tmp_path):
+    from megrez_sglang.engine import engine_args
+
+    monkeypatch.delenv(CPU_THREADS_BIND_ENV, raising=False)
+    args = engine_args(str(tmp_path), device="cpu", tp_size=4, nnodes=2)
+    assert (args["tp_size"], args["nnodes"]) == (4, 2)
+    assert len(os.environ[CPU_THREADS_BIND_ENV].split("|")) == 2  # 4 ranks over 2 machines
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nnodes", "2", "--node-rank", "2", "--dist-init-addr", "10.0.0.1:5000"],
+     "--node-rank must lie in 0..1 (--nnodes 2), got 2"),
+    (["--tp", "2", "--nnodes", "2", "--node-rank", "1"], "--nnodes 2 needs --dist-init-addr HOST:PORT"),
+    (["--tp", "3", "--nnodes", "2", "--dist-init-addr", "10.0.0.1:5000"],
+     "--tp x --dp = 3 ranks cannot be split evenly over --nnodes 2"),
+    (["--dp", "0"], "--dp must be >= 1, got 0"),
+])
+def test_several_machines_flags_that_cannot_work_are_refused(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        megrez_sglang.server.parse_args(flags)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_cluster_refuses_worker_urls_that_are_not_a_servers_base_url(capsys):
+    for url in ("10.0.0.2:30000", "http://10.0.0.2:30000/v1"):
+        with pytest.raises(SystemExit):
+            megrez_sglang.cluster.parse_args(["--replicas", "0", "--worker-url", url])
+        assert f"--worker-url {url!r} is not a server's base URL" in capsys.readouterr().err
+    args, _ = megrez_sglang.cluster.parse_args(["--replicas", "0", "--worker-url", "http://10.0.0.2:30000/"])
+    assert args.worker_url == ["http://10.0.0.2:30000"]
+
+
 def test_local_workers_share_one_binding_for_all_their_ranks(monkeypatch):
     monkeypatch.delenv(CPU_THREADS_BIND_ENV, raising=False)
     binding = local_worker_environment("cpu", replicas=2, ranks_per_worker=2)[CPU_THREADS_BIND_ENV]
