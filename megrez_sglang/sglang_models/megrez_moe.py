@@ -1,6 +1,6 @@
 """Megrez2 (MegrezMoeForCausalLM) for SGLang 0.5.23, built from SGLang's own layers.
 
-The module tree mirrors the checkpoint (see the architecture note), so load_weights is a short
+The module tree mirrors the checkpoint (see docs/architecture.md), so load_weights is a short
 mapping. What is particular to Megrez2 (tech report, sections 3.3-3.4):
 
 * Cross-layer expert sharing: one FusedMoE per sharing group, built and registered only at the
