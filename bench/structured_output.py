@@ -20,6 +20,7 @@ unconstrained one. Default model: the `small` checkpoint.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 

@@ -25,8 +25,6 @@ from eval.sandbox import isolation_level, run_program
 
 from .conftest import API_KEY, ROOT
 
-
-
 FIXTURE_MIRROR = Path(__file__).parent / "data" / "benchmarks"  # a few real rows of each set
 HUB_ROWS = Path(__file__).parent / "data" / "hub"  # the same kind of rows in the hub's format
 FULL_ROWS = {"gsm8k": 1319, "math500": 500, "ceval": 1346, "mmlu_pro": 12032, "ifeval": 541,
@@ -202,7 +200,7 @@ def test_humaneval_reference_solutions_pass_the_sandbox(full_data_dir):
     bench = HumanEval()
     items = bench.load(full_data_dir)
     runs = check_all([bench.program(i, i.gold) for i in items])
-    failed = [(i.id, r.output[-300:]) for i, r in zip(items, runs) if not r.passed]
+    failed = [(i.id, r.output[-300:]) for i, r in zip(items, runs, strict=True) if not r.passed]
     assert failed == [] and len(runs) == 164
 
 
@@ -221,7 +219,7 @@ def test_mbpp_reference_solutions_pass_the_sandbox(full_data_dir):
     bench = MBPP()
     items = bench.load(full_data_dir)
     runs = check_all([bench.program(i, i.gold) for i in items])
-    failed = [i.id for i, r in zip(items, runs) if not r.passed]
+    failed = [i.id for i, r in zip(items, runs, strict=True) if not r.passed]
     assert failed == [] and len(runs) == 500
 
 

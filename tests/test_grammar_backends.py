@@ -4,11 +4,18 @@ import json
 
 import pytest
 
-from .test_programs import is_boxed_answer
+from megrez_sglang.programs.grammars import (
+    BOXED_EBNF,
+    BOXED_MAX_TOKENS,
+    BOXED_REGEX,
+    UnsupportedConstraint,
+    answer_json_regex,
+    answer_json_schema,
+    boxed_constraint,
+    require_support,
+)
 
-from megrez_sglang.programs.grammars import (BOXED_EBNF, BOXED_MAX_TOKENS, BOXED_REGEX,
-                                             UnsupportedConstraint, answer_json_regex,
-                                             answer_json_schema, boxed_constraint, require_support)
+from .test_programs import is_boxed_answer
 
 PROMPTS = ["1 + 1 =", "答案：", "The final answer is", "世界上最高的山峰是"]
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256}

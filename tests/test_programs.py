@@ -29,7 +29,7 @@ from .conftest import API_KEY
 
 RUNS = 50
 MATH_QUESTIONS = [f"小明有{a}个苹果，又买了{b}个，现在有多少个？" if a % 2 else f"What is {a} + {b}?"
-                  for a, b in zip(range(3, 3 + RUNS), range(40, 40 + RUNS))]
+                  for a, b in zip(range(3, 3 + RUNS), range(40, 40 + RUNS), strict=True)]
 
 
 def choice_item(i):
@@ -83,7 +83,7 @@ def test_math_prompts_unconstrained_are_mostly_invalid(backend):
 def test_choice_program_is_always_valid_and_within_the_items_letters(backend):
     results = answer_choice_batch(CHOICE_ITEMS, backend, reasoning_max_tokens=0, num_threads=16,
                                   progress_bar=False, **SAMPLING)
-    for (question, options), r in zip(CHOICE_ITEMS, results):
+    for (_question, options), r in zip(CHOICE_ITEMS, results, strict=True):
         letters = option_letters(options)
         assert re.fullmatch(answer_json_regex(letters), r.text), r.text
         assert json.loads(r.text) == {"answer": r.letter} and r.letter in letters
@@ -103,18 +103,18 @@ def ends_with_the_answer_object(result, letters) -> bool:
 def test_choice_program_with_reasoning_is_valid(backend):
     results = answer_choice_batch(CHOICE_ITEMS[:10], backend, reasoning_max_tokens=16,
                                   num_threads=10, progress_bar=False, **SAMPLING)
-    for (_, options), r in zip(CHOICE_ITEMS, results):
+    for (_, options), r in zip(CHOICE_ITEMS, results, strict=True):
         assert ends_with_the_answer_object(r, option_letters(options)), r.text
 
 
 def test_choice_prompts_unconstrained_are_mostly_invalid(backend):
     results = answer_choice_batch(CHOICE_ITEMS, backend, constrained=False, reasoning_max_tokens=0,
                                   num_threads=16, progress_bar=False, **SAMPLING)
-    valid = [r for (_, o), r in zip(CHOICE_ITEMS, results)
+    valid = [r for (_, o), r in zip(CHOICE_ITEMS, results, strict=True)
              if re.fullmatch(answer_json_regex(option_letters(o)), r.text)]
     assert len(valid) <= RUNS // 10
     assert sum(extract_choice(r.text, option_letters(o)) is not None
-               for (_, o), r in zip(CHOICE_ITEMS, results)) <= RUNS // 2
+               for (_, o), r in zip(CHOICE_ITEMS, results, strict=True)) <= RUNS // 2
 
 
 def test_math_self_consistency_serves_the_shared_prefix_from_the_cache(backend):

@@ -10,8 +10,13 @@
 """
 
 from .backends import endpoint, runtime
-from .choice import (ChoiceResult, ChoiceVote, answer_choice, answer_choice_batch,
-                     answer_choice_self_consistent)
+from .choice import (
+                     ChoiceResult,
+                     ChoiceVote,
+                     answer_choice,
+                     answer_choice_batch,
+                     answer_choice_self_consistent,
+)
 from .grammars import BOXED_EBNF, BOXED_REGEX, answer_json_regex, answer_json_schema, boxed_constraint
 from .math import MathResult, MathVote, solve_math, solve_math_batch, solve_math_self_consistent
 
