@@ -136,6 +136,46 @@ def test_the_cluster_refuses_a_key_flag_and_flags_it_sets_itself(monkeypatch, ca
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"cluster: error: {message}")
 
 
+class FakeRouter:
+    """What sglang-router 0.3.2 answers the chat-template derivation: 422 for messages at its own
+    /v1/tokenize, and a worker's /get_model_info."""
+
+    def __init__(self, model_path: str):
+        self.model_path, self.calls = model_path, []
+
+    def post(self, url, **kwargs):
+        self.calls.append(url)
+        return SimpleNamespace(status_code=422, text="Failed to deserialize the JSON body into the target "
+                               "type: missing field `prompt` at line 1 column 100")
+
+    def get(self, url, **kwargs):
+        self.calls.append(url)
+        return SimpleNamespace(status_code=200, json=lambda: {"model_path": self.model_path})
+
+
+def test_through_the_router_programs_take_the_template_of_the_workers_checkpoint(tiny_checkpoint,
+                                                                                 monkeypatch):
+    from megrez_sglang.programs import chat_template
+
+    router = FakeRouter(tiny_checkpoint)
+    monkeypatch.setattr(requests, "post", router.post)
+    monkeypatch.setattr(requests, "get", router.get)
+    template = chat_template.server_chat_template("http://127.0.0.1:9", API_KEY)
+    assert template == chat_template.checkpoint_chat_template(tiny_checkpoint)
+    assert router.calls == ["http://127.0.0.1:9/v1/tokenize", "http://127.0.0.1:9/get_model_info"]
+
+
+def test_through_the_router_a_checkpoint_not_on_this_machine_is_a_clear_error(monkeypatch):
+    from megrez_sglang.programs import chat_template
+
+    router = FakeRouter("/models/Megrez2-3x7B-A3B")
+    monkeypatch.setattr(requests, "post", router.post)
+    monkeypatch.setattr(requests, "get", router.get)
+    with pytest.raises(chat_template.ChatTemplateError, match=r"sglang-router's own /v1/tokenize takes only "
+                       r"a prompt.*\('/models/Megrez2-3x7B-A3B'\) is not a folder on this machine"):
+        chat_template.server_chat_template("http://127.0.0.1:9")
+
+
 # ---------------------------------------------------------------- data parallelism in one server
 
 
