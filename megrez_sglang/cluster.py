@@ -189,10 +189,11 @@ class Router:
                            f"router's log: {self.log_path})")
 
     def remove(self, url: str) -> None:
-        worker_id = self.healthy_workers().get(url)
-        if worker_id is None:  # already out of rotation
-            return
-        self.control("DELETE", f"/workers/{worker_id}")
+        """Take the worker at `url` out of the router, also when its health checks have already
+        marked it unhealthy (it would stay listed, and be probed, for good)."""
+        for worker in self.control("GET", "/workers")["workers"]:
+            if worker["url"].rstrip("/") == url:
+                self.control("DELETE", f"/workers/{worker['id']}")
 
     def stop(self, grace_s: float) -> bool:
         """SIGTERM (sglang-router finishes the requests in flight), SIGKILL after `grace_s`."""
