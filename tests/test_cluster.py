@@ -433,7 +433,7 @@ def worker_killed_under_load(cluster, round_robin_router):
 def test_a_killed_worker_leaves_the_router_serving_from_the_other(worker_killed_under_load):
     """The failover window: from the kill until the cluster has deleted the worker from the router
     (its supervisor notices within 0.5 s and stops what is left of it; the cluster sees the
-    supervisor exit within another 0.5 s; 3-5 s in all on this loaded 2-core machine, so 8 s is
+    supervisor exit within another 0.5 s; 4-6 s in all on this loaded 2-core machine, so 8 s is
     allowed). A request cut off on the dead worker, or sent to it in that window, is retried on
     the other one, but may fail. Every request sent after the window succeeds, on the survivor."""
     outcome = worker_killed_under_load
