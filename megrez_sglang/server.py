@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+# What the supervisor prints once it serves: node rank 0 (or a single machine), node rank >= 1.
+ANNOUNCEMENTS = ("is being served at", "is serving its share of the model")
+
+
 class ServerProcess:
     """This module's server (or launch_server.sh) started as a child process, for tests,
     benchmarks and scripts: returns once it has printed its URL (i.e. /health answered).
@@ -353,7 +357,7 @@ class ServerProcess:
 
     def _read_stdout(self) -> None:
         for line in self.process.stdout:  # the supervisor prints the URL once healthy
-            if not self.announcement and "is being served at" in line:
+            if not self.announcement and any(m in line for m in ANNOUNCEMENTS):
                 self.announcement = line
                 self._announced.set()
             if self._log is not None and not self._log.closed:

@@ -195,6 +195,36 @@ def test_a_server_with_dp_2_answers_from_both_replicas(tiny_checkpoint, tmp_path
     assert all(load["total_prefill_uncached_tokens"] > 0 for load in loads)  # both have prefilled
 
 
+@pytest.mark.slow
+def test_one_model_over_two_nodes_serves_from_node_0(tiny_checkpoint, tmp_path):
+    """--nnodes 2 on one machine: the two "machines" are two launch_server.sh processes, tensor
+    parallel rank 1 on node 1, joined at node 0's --dist-init-addr (the README's commands)."""
+    from megrez_sglang.server import free_port
+
+    nodes = ["--tp", "2", "--nnodes", "2", "--dist-init-addr", f"127.0.0.1:{free_port('127.0.0.1')}"]
+    command = [str(ROOT / "launch_server.sh")]
+    node0 = ServerProcess(tiny_checkpoint, command=command, args=[*nodes, "--node-rank", "0"], wait=False,
+                          api_key=API_KEY, log_path=tmp_path / "node0.log")
+    node1 = ServerProcess(tiny_checkpoint, command=command, args=[*nodes, "--node-rank", "1"], wait=False,
+                          api_key=API_KEY, log_path=tmp_path / "node1.log")
+    try:
+        node0.wait_until_announced()
+        node1.wait_until_announced()
+        assert f"is being served at {node0.url}" in node0.announcement
+        assert node1.announcement.startswith("node rank 1 of 2 is serving its share of the model")
+        r = chat(node0.url, "你好", max_tokens=4, temperature=0)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4, r.text[:300]
+        assert requests.get(f"{node1.url}/health", timeout=30).status_code == 200
+        assert chat(node1.url, "你好").status_code == 404  # node 1 takes no requests
+    finally:
+        # Both at once (node 1's SGLang waits for node 0's shutdown broadcast to stop its rank).
+        for node in (node0, node1):
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        statuses = [node0.stop(), node1.stop()]
+    assert statuses == [0, 0]
+
+
 # ------------------------------------------------------------------ two workers behind the router
 
 
