@@ -1,7 +1,8 @@
 """Beyond one server, on CPU with the tiny checkpoint: data-parallel replicas inside one server
-(launch_server.sh --dp 2), and two workers behind SGLang's router (python -m megrez_sglang.cluster),
-started once for the module. A second router (round-robin) is put over the same two workers; the
-last tests kill a worker, then stop the cluster."""
+(launch_server.sh --dp 2), one model over two "machines" (--nnodes 2, both on this one), and two
+workers behind SGLang's router (python -m megrez_sglang.cluster), started once for the module. A
+second router (round-robin) is put over the same two workers; the last tests kill a worker, then
+stop the cluster. One server or cluster is alive at a time."""
 
 from __future__ import annotations
 
