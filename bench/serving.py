@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from megrez_sglang.cluster import POLICIES
-from megrez_sglang.server import ServerProcess
+from megrez_sglang.server import SERVED_MODEL_NAME, ServerProcess
 from megrez_sglang.server_hardening import API_KEY_ENV
 
 from .report import print_table, write_json
@@ -54,7 +54,11 @@ def measure(base_url: str, tokenizer: str | None, concurrency: int, args: argpar
                    "--num-prompts", str(max(8, args.prompts_per_concurrency * concurrency)),
                    "--max-concurrency", str(concurrency), "--output-file", out.name, "--disable-tqdm"]
         if tokenizer:
-            command += ["--tokenizer", tokenizer]
+            # --model too: SGLang's tool otherwise loads the served name ("megrez-moe") from the
+            # hub to look for a chat template (~25 s of retries offline); requests still name the
+            # served model.
+            command += ["--tokenizer", tokenizer, "--model", tokenizer,
+                        "--served-model-name", SERVED_MODEL_NAME]
         env = dict(os.environ)
         if env.get(API_KEY_ENV):  # the key SGLang's tool sends, from the environment (never argv)
             env["OPENAI_API_KEY"] = env[API_KEY_ENV]
@@ -95,6 +99,8 @@ def main() -> int:
             base_url = args.base_url or server.url
             for c in map(int, args.concurrency.split(",")):
                 r = measure(base_url, args.model, c, args)
+                print(f"{'' if replicas is None else f'replicas {replicas}, '}concurrency {c}: "
+                      f"{r['output_throughput']:.1f} output tok/s", flush=True)
                 rows.append(([] if replicas is None else [replicas]) +
                             [c, r["completed"], r["output_throughput"], r["mean_ttft_ms"],
                              r["median_ttft_ms"], r["mean_itl_ms"], r["p99_itl_ms"]])
