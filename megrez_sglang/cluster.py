@@ -127,8 +127,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def local_worker_environment(device: str, replicas: int, ranks_per_worker: int) -> dict[str, str]:
     """On a CPU host: one thread binding for the ranks of all local workers; worker i's ranks have
-    device ids from i x ranks_per_worker on (its --base-gpu-id), which pick their entries."""
-    if device == "cuda" or CPU_THREADS_BIND_ENV in os.environ:
+    device ids from i x ranks_per_worker on (its --base-gpu-id), which pick their entries. One
+    rank in all: none, as launch_server.sh sets none for one rank (nothing to keep apart)."""
+    if device == "cuda" or CPU_THREADS_BIND_ENV in os.environ or replicas * ranks_per_worker == 1:
         return {}
     return {CPU_THREADS_BIND_ENV: cpu_threads_binding(replicas * ranks_per_worker)}
 

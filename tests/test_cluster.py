@@ -105,6 +105,7 @@ def test_local_workers_share_one_binding_for_all_their_ranks(monkeypatch):
     binding = local_worker_environment("cpu", replicas=2, ranks_per_worker=2)[CPU_THREADS_BIND_ENV]
     assert len(binding.split("|")) == 4  # worker i's ranks: entries 2i, 2i+1 (its --base-gpu-id)
     assert local_worker_environment("cuda", replicas=2, ranks_per_worker=2) == {}
+    assert local_worker_environment("cpu", replicas=1, ranks_per_worker=1) == {}  # as launch_server.sh
 
 
 def test_the_gateway_takes_the_keys_from_the_environment_only():
