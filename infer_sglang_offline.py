@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("model_path", nargs="?", help="Megrez2 checkpoint directory or hub id "
                    "(default: the project's tiny checkpoint, built once)")
     p.add_argument("--prompt", action="append", help="text to complete (repeatable)")
-    p.add_argument("--chat", action="append", help="a user message, sent through the chat template (repeatable)")
+    p.add_argument("--chat", action="append",
+                   help="a user message, sent through the chat template (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
