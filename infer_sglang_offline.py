@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible samples)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size")
+    p.add_argument("--dp", type=int, default=1, help="data parallel size (replicas; the prompts are "
+                   "spread over them)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
@@ -44,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--temperature must be >= 0, got {args.temperature}")
     if args.tp < 1:
         p.error(f"--tp must be >= 1, got {args.tp}")
+    if args.dp < 1:
+        p.error(f"--dp must be >= 1, got {args.dp}")
     return args
 
 
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    engine_kwargs = {"tp_size": args.tp, "log_level": "error"}
+    engine_kwargs = {"tp_size": args.tp, "dp_size": args.dp, "log_level": "error"}
     if args.seed is not None:
         engine_kwargs["random_seed"] = args.seed
     engine = start_engine(model, **engine_kwargs)
