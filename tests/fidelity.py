@@ -71,10 +71,12 @@ def sglang_greedy(engine, prompts: list[list[int]], batched: bool,
 
 
 def assert_same_greedy(reference: list[Greedy], sglang, logprob_tol: float, tie_tol: float,
-                       compare_logprobs: bool = True) -> None:
+                       compare_logprobs: bool = True, prompts: list[str] = PROMPTS) -> list[int]:
     """Tokens equal; logprobs within logprob_tol. Greedy is undefined at an exact tie: a
     divergence is accepted only where the reference's two choices are within tie_tol, and the
-    rest of that sequence (a different continuation) is not compared."""
+    rest of that sequence (a different continuation) is not compared. `prompts` names the
+    prompts in messages. Returns the indices of the sequences that diverged at a near-tie."""
+    near_ties = []
     for i, (ref, (tokens, logprobs)) in enumerate(zip(reference, sglang)):
         assert len(tokens) == len(ref.tokens), f"prompt {i}: {len(tokens)} tokens"
         k = next((j for j, (a, b) in enumerate(zip(ref.tokens, tokens)) if a != b), len(tokens))
@@ -82,9 +84,11 @@ def assert_same_greedy(reference: list[Greedy], sglang, logprob_tol: float, tie_
             logits = ref.step_logits[k]
             gap = (logits[ref.tokens[k]] - logits[tokens[k]]).item()
             assert gap <= tie_tol, (
-                f"prompt {i} ({PROMPTS[i]!r}) diverges at token {k}: reference {ref.tokens[k]}, "
+                f"prompt {i} ({prompts[i]!r}) diverges at token {k}: reference {ref.tokens[k]}, "
                 f"sglang {tokens[k]}, reference logit gap {gap:.3g} (not a tie)"
             )
+            near_ties.append(i)
         if compare_logprobs:
             diff = max((abs(a - b) for a, b in zip(ref.logprobs[:k], logprobs[:k])), default=0.0)
             assert diff <= logprob_tol, f"prompt {i}: logprobs differ by {diff:.3g}"
+    return near_ties
