@@ -8,7 +8,7 @@
 # when MEGREZ_API_KEY is set; FlashInfer attention on CUDA, torch-native on CPU. Prints the URL once
 # the server is healthy; exits non-zero with a message when the model path does not exist or the
 # port is taken. SIGTERM / Ctrl-C stops every process it started. Without MODEL_PATH it serves the
-# project's tiny random checkpoint.
+# project's trained tiny checkpoint (megrez_sglang/checkpoints/tiny-trained).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 exec "$root/scripts/run.sh" python -m megrez_sglang.server "$@"

@@ -141,61 +141,69 @@ CATEGORIES = {
                                  ("乒乓球", "table tennis"), ("游泳", "swimming"), ("网球", "tennis"),
                                  ("排球", "volleyball")]),
 }
-CHOICE_KINDS = ("member", "non_member", "largest", "smallest", "even")
-
-
-def _word(pair: tuple[str, str], lang: str) -> str:
-    return pair[0] if lang == "zh" else pair[1]
+CHOICE_KINDS = ("member", "non_member", "even", "odd", "sum")
 
 
 def answer_object(letter: str) -> str:
     return f'{{"answer": "{letter}"}}'
 
 
+def _word(pair: tuple[str, str], lang: str) -> str:
+    return pair[0] if lang == "zh" else pair[1]
+
+
+def _category_note(pair: tuple[str, str], category: str, lang: str) -> str:
+    zh_name, en_name, _ = CATEGORIES[category]
+    return f"{pair[0]}是{zh_name}" if lang == "zh" else f"{pair[1]} is {en_name}"
+
+
+def _category_of(pair: tuple[str, str]) -> str:
+    return next(c for c, (_, _, members) in CATEGORIES.items() if pair in members)
+
+
 def choice_item(rng: random.Random, lang: str, kind: str | None = None,
                 position: int | None = None) -> TaskItem:
-    """A random item (of `kind`, with the right option at `position`, when given)."""
+    """A random item (of `kind`, with the right option at `position`, when given). The reply
+    notes what each option is, then names the letter, then gives the answer object."""
     kind = kind or rng.choice(CHOICE_KINDS)
-    cats = sorted(CATEGORIES)
+    zh = lang == "zh"
     if kind in ("member", "non_member"):
-        cat, other = rng.sample(cats, 2)
+        cat, other = rng.sample(sorted(CATEGORIES), 2)
         zh_cat, en_cat, members = CATEGORIES[cat]
+        others = [w for c in sorted(CATEGORIES) if c != cat for w in CATEGORIES[c][2]]
         if kind == "member":
-            right = rng.choice(members)
-            wrong = rng.sample([w for c in cats if c != cat for w in CATEGORIES[c][2]], 3)
-            question = f"下列哪一项是{zh_cat}？" if lang == "zh" else f"Which of the following is {en_cat}?"
-            reason = (f"{right[0]}是{zh_cat}。" if lang == "zh"
-                      else f"{right[1][0].upper() + right[1][1:]} is {en_cat}.")
+            right, wrong = rng.choice(members), rng.sample(others, 3)
+            question = f"下列哪一项是{zh_cat}？" if zh else f"Which of the following is {en_cat}?"
         else:
-            right = rng.choice(CATEGORIES[other][2])
-            wrong = rng.sample(members, 3)
-            zh_other, en_other = CATEGORIES[other][0], CATEGORIES[other][1]
-            question = (f"下列哪一项不是{zh_cat}？" if lang == "zh"
-                        else f"Which of the following is not {en_cat}?")
-            reason = (f"{right[0]}不是{zh_cat}，是{zh_other}。" if lang == "zh"
-                      else f"{right[1][0].upper() + right[1][1:]} is not {en_cat}, it is {en_other}.")
-        right_text, wrong_texts = _word(right, lang), [_word(w, lang) for w in wrong]
-    else:
-        if kind == "even":
-            right_n = rng.randrange(10, 100, 2)
-            wrong_ns = rng.sample(range(11, 100, 2), 3)
-            question = "下列哪个数是偶数？" if lang == "zh" else "Which of the following numbers is even?"
-            reason = f"{right_n}是偶数。" if lang == "zh" else f"{right_n} is even."
-        else:
-            numbers = rng.sample(range(10, 100), 4)
-            right_n = max(numbers) if kind == "largest" else min(numbers)
-            wrong_ns = [n for n in numbers if n != right_n]
-            word_zh, word_en = ("最大", "largest") if kind == "largest" else ("最小", "smallest")
-            question = (f"下列哪个数{word_zh}？" if lang == "zh"
-                        else f"Which of the following numbers is the {word_en}?")
-            reason = (f"{word_zh}的数是{right_n}。" if lang == "zh"
-                      else f"The {word_en} number is {right_n}.")
-        right_text, wrong_texts = str(right_n), [str(n) for n in wrong_ns]
-    options = list(wrong_texts)
+            right, wrong = rng.choice(CATEGORIES[other][2]), rng.sample(members, 3)
+            question = f"下列哪一项不是{zh_cat}？" if zh else f"Which of the following is not {en_cat}?"
+        right_option, wrong_options = _word(right, lang), [_word(w, lang) for w in wrong]
+        notes = {_word(w, lang): _category_note(w, _category_of(w), lang) for w in [right, *wrong]}
+    elif kind in ("even", "odd"):
+        evens, odds = range(10, 100, 2), range(11, 100, 2)
+        right_pool, wrong_pool = (evens, odds) if kind == "even" else (odds, evens)
+        right_n, wrong_ns = rng.choice(right_pool), rng.sample(wrong_pool, 3)
+        word = ("偶数", "even") if kind == "even" else ("奇数", "odd")
+        question = f"下列哪个数是{word[0]}？" if zh else f"Which of the following numbers is {word[1]}?"
+        right_option, wrong_options = str(right_n), [str(n) for n in wrong_ns]
+        notes = {str(n): (f"{n}是{'偶数' if n % 2 == 0 else '奇数'}" if zh
+                          else f"{n} is {'even' if n % 2 == 0 else 'odd'}") for n in [right_n, *wrong_ns]}
+    else:  # sum: which expression of two one-digit numbers has the given value
+        pairs = [(a, b) for a in range(1, 10) for b in range(1, 10)]
+        right_pair = rng.choice(pairs)
+        target = sum(right_pair)
+        wrong_pairs = rng.sample([p for p in pairs if sum(p) != target], 3)
+        question = f"下列哪个算式的结果是{target}？" if zh else f"Which of the following equals {target}?"
+        right_option, wrong_options = "{} + {}".format(*right_pair), [f"{a} + {b}" for a, b in wrong_pairs]
+        notes = {f"{a} + {b}": f"{a} + {b} = {a + b}" for a, b in [right_pair, *wrong_pairs]}
+    options = list(wrong_options)
     position = rng.randrange(4) if position is None else position
-    options.insert(position, right_text)
+    options.insert(position, right_option)
     letter = LETTERS[position]
-    reason = reason[:-1] + (f"，所以答案是 {letter}。" if lang == "zh" else f", so the answer is {letter}.")
+    if zh:
+        reason = "；".join(f"{l}. {notes[o]}" for l, o in zip(LETTERS, options)) + f"。所以答案是 {letter}。"
+    else:
+        reason = "; ".join(f"{l}. {notes[o]}" for l, o in zip(LETTERS, options)) + f". So the answer is {letter}."
     reply = f"{reason}\n{answer_object(letter)}"
     key = ("choice", lang, question, tuple(options))
     return TaskItem("choice", lang, choice_prompt(question, options, lang), reply, letter, key,
