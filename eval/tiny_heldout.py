@@ -32,8 +32,10 @@ def _items(kind: str) -> list[Item]:
 
 
 def _by_language(records: list[dict]) -> dict[str, float]:
-    return {f"accuracy_{lang}": 100 * mean(r["grade"]["correct"] for r in records if r["meta"]["lang"] == lang)
-            for lang in ("zh", "en") if any(r["meta"]["lang"] == lang for r in records)}
+    by_lang = {}
+    for r in records:
+        by_lang.setdefault(r["meta"]["lang"], []).append(r["grade"]["correct"])
+    return {f"accuracy_{lang}": 100 * mean(grades) for lang, grades in sorted(by_lang.items())}
 
 
 class TinyMath(Benchmark):

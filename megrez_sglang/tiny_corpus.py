@@ -77,7 +77,7 @@ def column_steps(op: str, a: int, b: int, lang: str) -> str:
     if op == "+":
         s0 = a0 + b0
         if s0 >= 10:
-            carry = "，写{}进1".format(s0 - 10) if lang == "zh" else ", write {} carry 1".format(s0 - 10)
+            carry = f"，写{s0 - 10}进1" if lang == "zh" else f", write {s0 - 10} carry 1"
             return (f"{ones}{sep}{a0} + {b0} = {s0}{carry}{end}\n"
                     f"{tens}{sep}{a1} + {b1} + 1 = {a1 + b1 + 1}{end}\n")
         return f"{ones}{sep}{a0} + {b0} = {s0}{end}\n{tens}{sep}{a1} + {b1} = {a1 + b1}{end}\n"
@@ -201,9 +201,11 @@ def choice_item(rng: random.Random, lang: str, kind: str | None = None,
     options.insert(position, right_option)
     letter = LETTERS[position]
     if zh:
-        reason = "；".join(f"{l}. {notes[o]}" for l, o in zip(LETTERS, options)) + f"。所以答案是 {letter}。"
+        notes_line = "；".join(f"{l}. {notes[o]}" for l, o in zip(LETTERS, options, strict=True))
+        reason = f"{notes_line}。所以答案是 {letter}。"
     else:
-        reason = "; ".join(f"{l}. {notes[o]}" for l, o in zip(LETTERS, options)) + f". So the answer is {letter}."
+        notes_line = "; ".join(f"{l}. {notes[o]}" for l, o in zip(LETTERS, options, strict=True))
+        reason = f"{notes_line}. So the answer is {letter}."
     reply = f"{reason}\n{answer_object(letter)}"
     key = ("choice", lang, question, tuple(options))
     return TaskItem("choice", lang, choice_prompt(question, options, lang), reply, letter, key,
@@ -218,47 +220,76 @@ EVEREST_ZH = ("世界上最高的山峰是珠穆朗玛峰（Mount Everest），�
               "海拔8848.86米。")
 # (text to complete, its continuation, a question, the answer); the first is the card's demo.
 FACTS = [
-    (CARD_COMPLETION, "珠穆朗玛峰，海拔8848.86米，位于中国和尼泊尔的边境。", CARD_CHAT, EVEREST_ZH),
-    ("世界上最长的河流是", "尼罗河，全长约6650公里。", "世界上最长的河流是哪条？", "世界上最长的河流是尼罗河，全长约6650公里。"),
-    ("中国最长的河流是", "长江，全长约6300公里。", "中国最长的河流是哪条？", "中国最长的河流是长江，全长约6300公里。"),
-    ("中国的首都是", "北京。", "中国的首都是哪座城市？", "中国的首都是北京。"),
-    ("日本的首都是", "东京。", "日本的首都是哪座城市？", "日本的首都是东京。"),
-    ("法国的首都是", "巴黎。", "法国的首都是哪座城市？", "法国的首都是巴黎。"),
-    ("英国的首都是", "伦敦。", "英国的首都是哪座城市？", "英国的首都是伦敦。"),
-    ("世界上最大的海洋是", "太平洋。", "世界上最大的海洋是哪个？", "世界上最大的海洋是太平洋。"),
-    ("世界上面积最大的国家是", "俄罗斯。", "世界上面积最大的国家是哪个？", "世界上面积最大的国家是俄罗斯。"),
-    ("世界上最大的沙漠是", "撒哈拉沙漠。", "世界上最大的沙漠是哪个？", "世界上最大的热沙漠是撒哈拉沙漠，位于非洲北部。"),
-    ("中国最大的淡水湖是", "鄱阳湖。", "中国最大的淡水湖是哪个？", "中国最大的淡水湖是鄱阳湖，位于江西省。"),
-    ("水的化学式是", "H2O。", "水的化学式是什么？", "水的化学式是H2O，由两个氢原子和一个氧原子组成。"),
-    ("一年有", "十二个月。", "一年有几个月？", "一年有十二个月。"),
-    ("一天有", "二十四个小时。", "一天有多少个小时？", "一天有二十四个小时。"),
-    ("太阳系中最大的行星是", "木星。", "太阳系中最大的行星是哪颗？", "太阳系中最大的行星是木星。"),
-    ("离太阳最近的行星是", "水星。", "离太阳最近的行星是哪颗？", "离太阳最近的行星是水星。"),
-    ("地球上最大的动物是", "蓝鲸。", "地球上最大的动物是什么？", "地球上最大的动物是蓝鲸，体长可达30米。"),
-    ("水在标准大气压下的沸点是", "100摄氏度。", "水的沸点是多少度？", "在标准大气压下，水的沸点是100摄氏度。"),
-    ("《红楼梦》的作者是", "曹雪芹。", "《红楼梦》的作者是谁？", "《红楼梦》的作者是曹雪芹。"),
-    ("《西游记》的作者是", "吴承恩。", "《西游记》的作者是谁？", "《西游记》的作者是吴承恩。"),
-    ("唐诗《静夜思》的作者是", "李白。", "《静夜思》的作者是谁？", "《静夜思》的作者是唐代诗人李白。"),
-    ("中国的国宝动物是", "大熊猫。", "中国的国宝动物是什么？", "中国的国宝动物是大熊猫。"),
-    ("长城位于", "中国北方，全长两万多公里。", "长城在哪个国家？", "长城位于中国，全长两万多公里。"),
-    ("光在真空中的速度约为", "每秒30万公里。", "光速是多少？", "光在真空中的速度约为每秒30万公里。"),
+    (CARD_COMPLETION, "珠穆朗玛峰，海拔8848.86米，位于中国和尼泊尔的边境。",
+     CARD_CHAT, EVEREST_ZH),
+    ("世界上最长的河流是", "尼罗河，全长约6650公里。",
+     "世界上最长的河流是哪条？", "世界上最长的河流是尼罗河，全长约6650公里。"),
+    ("中国最长的河流是", "长江，全长约6300公里。",
+     "中国最长的河流是哪条？", "中国最长的河流是长江，全长约6300公里。"),
+    ("中国的首都是", "北京。",
+     "中国的首都是哪座城市？", "中国的首都是北京。"),
+    ("日本的首都是", "东京。",
+     "日本的首都是哪座城市？", "日本的首都是东京。"),
+    ("法国的首都是", "巴黎。",
+     "法国的首都是哪座城市？", "法国的首都是巴黎。"),
+    ("英国的首都是", "伦敦。",
+     "英国的首都是哪座城市？", "英国的首都是伦敦。"),
+    ("世界上最大的海洋是", "太平洋。",
+     "世界上最大的海洋是哪个？", "世界上最大的海洋是太平洋。"),
+    ("世界上面积最大的国家是", "俄罗斯。",
+     "世界上面积最大的国家是哪个？", "世界上面积最大的国家是俄罗斯。"),
+    ("世界上最大的沙漠是", "撒哈拉沙漠。",
+     "世界上最大的沙漠是哪个？", "世界上最大的热沙漠是撒哈拉沙漠，位于非洲北部。"),
+    ("中国最大的淡水湖是", "鄱阳湖。",
+     "中国最大的淡水湖是哪个？", "中国最大的淡水湖是鄱阳湖，位于江西省。"),
+    ("水的化学式是", "H2O。",
+     "水的化学式是什么？", "水的化学式是H2O，由两个氢原子和一个氧原子组成。"),
+    ("一年有", "十二个月。",
+     "一年有几个月？", "一年有十二个月。"),
+    ("一天有", "二十四个小时。",
+     "一天有多少个小时？", "一天有二十四个小时。"),
+    ("太阳系中最大的行星是", "木星。",
+     "太阳系中最大的行星是哪颗？", "太阳系中最大的行星是木星。"),
+    ("离太阳最近的行星是", "水星。",
+     "离太阳最近的行星是哪颗？", "离太阳最近的行星是水星。"),
+    ("地球上最大的动物是", "蓝鲸。",
+     "地球上最大的动物是什么？", "地球上最大的动物是蓝鲸，体长可达30米。"),
+    ("水在标准大气压下的沸点是", "100摄氏度。",
+     "水的沸点是多少度？", "在标准大气压下，水的沸点是100摄氏度。"),
+    ("《红楼梦》的作者是", "曹雪芹。",
+     "《红楼梦》的作者是谁？", "《红楼梦》的作者是曹雪芹。"),
+    ("《西游记》的作者是", "吴承恩。",
+     "《西游记》的作者是谁？", "《西游记》的作者是吴承恩。"),
+    ("唐诗《静夜思》的作者是", "李白。",
+     "《静夜思》的作者是谁？", "《静夜思》的作者是唐代诗人李白。"),
+    ("中国的国宝动物是", "大熊猫。",
+     "中国的国宝动物是什么？", "中国的国宝动物是大熊猫。"),
+    ("长城位于", "中国北方，全长两万多公里。",
+     "长城在哪个国家？", "长城位于中国，全长两万多公里。"),
+    ("光在真空中的速度约为", "每秒30万公里。",
+     "光速是多少？", "光在真空中的速度约为每秒30万公里。"),
     ("The highest mountain in the world is", " Mount Everest, 8,848.86 metres high.",
      "What is the highest mountain in the world?",
      "The highest mountain in the world is Mount Everest, 8,848.86 metres high."),
-    ("The capital of China is", " Beijing.", "What is the capital of China?", "The capital of China is Beijing."),
-    ("The capital of France is", " Paris.", "What is the capital of France?", "The capital of France is Paris."),
-    ("The capital of Japan is", " Tokyo.", "What is the capital of Japan?", "The capital of Japan is Tokyo."),
-    ("The largest ocean on Earth is", " the Pacific Ocean.", "What is the largest ocean on Earth?",
-     "The largest ocean on Earth is the Pacific Ocean."),
+    ("The capital of China is", " Beijing.",
+     "What is the capital of China?", "The capital of China is Beijing."),
+    ("The capital of France is", " Paris.",
+     "What is the capital of France?", "The capital of France is Paris."),
+    ("The capital of Japan is", " Tokyo.",
+     "What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("The largest ocean on Earth is", " the Pacific Ocean.",
+     "What is the largest ocean on Earth?", "The largest ocean on Earth is the Pacific Ocean."),
     ("The largest planet in the solar system is", " Jupiter.",
      "What is the largest planet in the solar system?", "The largest planet in the solar system is Jupiter."),
-    ("The longest river in the world is", " the Nile.", "What is the longest river in the world?",
+    ("The longest river in the world is", " the Nile.",
+     "What is the longest river in the world?",
      "The longest river in the world is the Nile, about 6,650 km long."),
-    ("Water boils at", " 100 degrees Celsius at sea level.", "At what temperature does water boil?",
-     "Water boils at 100 degrees Celsius at sea level."),
-    ("A week has", " seven days.", "How many days are in a week?", "A week has seven days."),
-    ("The chemical formula of water is", " H2O.", "What is the chemical formula of water?",
-     "The chemical formula of water is H2O."),
+    ("Water boils at", " 100 degrees Celsius at sea level.",
+     "At what temperature does water boil?", "Water boils at 100 degrees Celsius at sea level."),
+    ("A week has", " seven days.",
+     "How many days are in a week?", "A week has seven days."),
+    ("The chemical formula of water is", " H2O.",
+     "What is the chemical formula of water?", "The chemical formula of water is H2O."),
 ]
 GREETINGS = [
     ("你好", "你好！我是Megrez2，很高兴为你服务。"),

@@ -26,6 +26,7 @@ import math
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,8 +35,7 @@ import torch.nn.functional as F
 
 from .build_checkpoint import make_config, save_weights, write_generation_config
 from .prompts import load_prompt
-from .tiny_corpus import (OTHER_SYSTEM_PROMPTS, TaskItem, fact_items, held_out_items,
-                          training_item)
+from .tiny_corpus import OTHER_SYSTEM_PROMPTS, TaskItem, fact_items, held_out_items, training_item
 from .tokenizer import STOP_TOKENS, save_tokenizer, train_tokenizer
 
 CHECKPOINT_NAME = "tiny-trained"
@@ -175,7 +175,8 @@ def learning_rate(recipe: Recipe, step: int) -> float:
     if step < recipe.warmup:
         return recipe.lr * (step + 1) / recipe.warmup
     progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-    return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * cosine)
 
 
 def build_tokenizer(seed: int):
@@ -195,14 +196,30 @@ def parameter_digest(model) -> float:
     return sum(p.detach().double().abs().sum().item() for p in model.parameters())
 
 
+@contextmanager
+def deterministic_torch(threads: int):
+    """A fixed thread count and deterministic kernels for the duration; the caller's settings after."""
+    saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+
+
 def train(recipe: Recipe, stop_after: int | None = None, log=print, eval_every: int = 0):
     """Trains the model; returns (model, config, raw tokenizer, HF tokenizer, per-step losses,
     the parameter digest after each of the first steps). `stop_after` ends the run early (the
     reproduction test); the learning-rate schedule still follows `recipe.steps`."""
+    with deterministic_torch(recipe.threads):
+        return _train(recipe, stop_after, log, eval_every)
+
+
+def _train(recipe: Recipe, stop_after: int | None, log, eval_every: int):
     from .reference import MegrezMoeForCausalLM
 
-    torch.set_num_threads(recipe.threads)
-    torch.use_deterministic_algorithms(True)
     raw_tokenizer, tokenizer = build_tokenizer(recipe.seed)
     config = make_config("tiny", raw_tokenizer, MODEL)
     torch.manual_seed(recipe.seed)
@@ -282,8 +299,9 @@ def held_out_accuracy(model, encoder: Encoder, n: int = 100) -> dict:
         if kind == "math":
             answers = [last_boxed(r) for r in replies]
         else:
-            answers = [extract_choice(r, item.letters) for r, item in zip(replies, items)]
-        correct = sum(a is not None and a.strip() == item.gold for a, item in zip(answers, items))
+            answers = [extract_choice(r, item.letters) for r, item in zip(replies, items, strict=True)]
+        correct = sum(a is not None and a.strip() == item.gold
+                      for a, item in zip(answers, items, strict=True))
         result[kind] = {"accuracy": round(100 * correct / n, 1),
                         "well_formed": round(100 * sum(a is not None for a in answers) / n, 1), "n": n}
     return result
@@ -316,16 +334,18 @@ def model_card(config, provenance: dict) -> str:
     """The checkpoint's README: what it is, how it was made, what it scores."""
     from .param_count import count_parameters
 
-    counts = count_parameters(config)
-    accuracy = provenance["held_out_reference_bf16"]
+    c, counts = config, count_parameters(config)
+    recipe, accuracy = provenance["recipe"], provenance["held_out_reference_bf16"]
+    math_acc, choice_acc = accuracy["math"], accuracy["choice"]
     return f"""# tiny-trained: a {counts.stored / 1e6:.1f} M-parameter Megrez2 trained in this project
 
-Every Megrez2 feature of the real model, at a tiny size: {config.num_hidden_layers} layers (layer 0 dense, then \
-{config.num_expert_groups} groups of {config.experts_shared_frequency} MoE layers, each group sharing one pool of \
-{config.n_routed_experts} experts, top-{config.num_experts_per_tok}), pre-gated routing, sigmoid scores with noaux_tc \
-selection and a trained correction bias per layer, {config.n_shared_experts} shared experts; hidden size \
-{config.hidden_size}, vocabulary {config.vocab_size} (its own byte-level BPE). {counts.stored:,} parameters \
-stored, {counts.activated:,} activated per token; bfloat16 weights (correction biases float32).
+Every Megrez2 feature of the real model, at a tiny size: {c.num_hidden_layers} layers (layer 0 \
+dense, then {c.num_expert_groups} groups of {c.experts_shared_frequency} MoE layers, each group sharing \
+one pool of {c.n_routed_experts} experts, top-{c.num_experts_per_tok}), pre-gated routing, sigmoid \
+scores with noaux_tc selection and a trained correction bias per layer, {c.n_shared_experts} shared \
+experts; hidden size {c.hidden_size}, vocabulary {c.vocab_size} (its own byte-level BPE). \
+{counts.stored:,} parameters stored, {counts.activated:,} activated per token; bfloat16 weights \
+(correction biases float32).
 
 It was trained from scratch on a corpus generated by `megrez_sglang.tiny_corpus`, in the chat
 template shipped here (`tokenizer_config.json`; default system prompt
@@ -341,24 +361,26 @@ card's answer-field instruction, a note on each option, the letter, then
 {provenance["command"]}
 ```
 
-Seed {provenance["seed"]}, `torch.set_num_threads({provenance["threads"]})`, torch {provenance["torch"]}, float32 on CPU: \
-{provenance["recipe"]["steps"]} steps of {provenance["recipe"]["batch_size"]} sequences in {provenance["train_seconds"]} s on a shared \
-2-core machine. The same command, seed and thread count give the same weights on the same
-machine; `tests/test_trained_tiny.py` checks that the script still reproduces the first steps
-recorded in `megrez_sglang.json` (the provenance: recipe, command, losses, figures).
+Seed {provenance["seed"]}, `torch.set_num_threads({provenance["threads"]})`, torch \
+{provenance["torch"]}, float32 on CPU: {recipe["steps"]} steps of {recipe["batch_size"]} sequences in \
+{provenance["train_seconds"]} s on a shared 2-core machine. The same command, seed and thread count
+give the same weights on the same machine; `tests/test_trained_tiny.py` checks that the script
+still reproduces the first steps recorded in `megrez_sglang.json` (the provenance: recipe,
+command, losses, figures).
 
 ## Held-out split
 
 Generated by the same generator from numbers and items never trained on
 (`python -m eval --benchmarks tiny_math,tiny_choice`). The reference model, bfloat16, greedy,
-{accuracy["math"]["n"]} items each: arithmetic {accuracy["math"]["accuracy"]} %, multiple choice \
-{accuracy["choice"]["accuracy"]} % (chance: 25 %).
+{math_acc["n"]} items each: arithmetic {math_acc["accuracy"]} %, multiple choice \
+{choice_acc["accuracy"]} % (chance: 25 %).
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     defaults = Recipe()
-    p = argparse.ArgumentParser(prog="python -m megrez_sglang.train_tiny", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m megrez_sglang.train_tiny",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", type=Path)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--steps", type=int, default=defaults.steps)
@@ -377,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     # What is served: the bfloat16 weights.
     served = type(model)(config)
     served.load_state_dict({k: v.float() for k, v in state_dict_bf16(model).items()})
-    accuracy = held_out_accuracy(served.to(torch.bfloat16).eval(), Encoder(tokenizer), n=HELD_OUT_ITEMS)
+    with deterministic_torch(recipe.threads):
+        accuracy = held_out_accuracy(served.to(torch.bfloat16).eval(), Encoder(tokenizer), n=HELD_OUT_ITEMS)
     print(f"held-out (reference model, bfloat16, greedy): {accuracy}", flush=True)
     command = "python -m megrez_sglang.train_tiny OUT_DIR " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in
