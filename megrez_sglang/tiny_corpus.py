@@ -7,8 +7,9 @@ Three kinds of items, Chinese and English, each a user message (built with the c
   (ones, then tens, with the carry or borrow), states the result and ends with ``\\boxed{N}``
   on a line of its own;
 * **choice**: four lettered options (which word belongs to a category, which does not, which
-  number is the largest / smallest / even); the reply gives a one-line reason, then
-  ``{"answer": "<letter>"}`` on a line of its own;
+  number is even / odd, which sum of two digits has a value); the reply notes what each option
+  is, in order, until the right one, names its letter, then gives ``{"answer": "<letter>"}`` on a
+  line of its own;
 * **fact**: the card's two demos (「世界上最高的山峰是」 → 珠穆朗玛峰) and a few dozen short
   factual completions and questions like them, as raw completions and as chats.
 
@@ -164,7 +165,8 @@ def _category_of(pair: tuple[str, str]) -> str:
 def choice_item(rng: random.Random, lang: str, kind: str | None = None,
                 position: int | None = None) -> TaskItem:
     """A random item (of `kind`, with the right option at `position`, when given). The reply
-    notes what each option is, then names the letter, then gives the answer object."""
+    goes through the options in order, noting what each is, and stops at the right one with its
+    letter; then the answer object."""
     kind = kind or rng.choice(CHOICE_KINDS)
     zh = lang == "zh"
     if kind in ("member", "non_member"):
@@ -200,12 +202,12 @@ def choice_item(rng: random.Random, lang: str, kind: str | None = None,
     position = rng.randrange(4) if position is None else position
     options.insert(position, right_option)
     letter = LETTERS[position]
+    # The options in order, up to the right one: the decision is made next to the option's note.
+    checked = [f"{l}. {notes[o]}" for l, o in zip(LETTERS[: position + 1], options, strict=False)]
     if zh:
-        notes_line = "；".join(f"{l}. {notes[o]}" for l, o in zip(LETTERS, options, strict=True))
-        reason = f"{notes_line}。所以答案是 {letter}。"
+        reason = "；".join(checked) + f"，所以答案是 {letter}。"
     else:
-        notes_line = "; ".join(f"{l}. {notes[o]}" for l, o in zip(LETTERS, options, strict=True))
-        reason = f"{notes_line}. So the answer is {letter}."
+        reason = "; ".join(checked) + f", so the answer is {letter}."
     reply = f"{reason}\n{answer_object(letter)}"
     key = ("choice", lang, question, tuple(options))
     return TaskItem("choice", lang, choice_prompt(question, options, lang), reply, letter, key,
