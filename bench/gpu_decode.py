@@ -1,13 +1,17 @@
 """GPU decode speed at the real shapes next to the roofline, FlashInfer against Triton attention.
 Sized for a 15-minute device lease including start-up (no downloads: dummy weights).
 
-    python bench/gpu_decode.py [--batches 1,8,64] [--new-tokens 128] [--backends flashinfer,triton]
+    python -m bench.gpu_decode [--batches 1,8,64] [--new-tokens 128] [--backends flashinfer,triton]
 
 The real-shape config (build_checkpoint --preset real-config) with SGLang's dummy bf16 weights
-(load_format="dummy"). Roofline for batch-1 decode: the bytes of the weights one token reads (the
-activated parameters x 2: attention, dense MLP, router, shared experts, 6 of 64 experts per layer,
-lm_head; the embedding is one row) divided by a device-to-device copy bandwidth measured in the same
-run. Target: batch-1 decode >= 60 % of the roofline. Needs CUDA.
+(load_format="dummy"), one engine per attention backend, each with a 4096-token context (the KV
+pool and its start-up sized for the measurement, not for 32K prompts) and CUDA graphs for the
+measured decode batch sizes only (prefill graphs off: only decode is measured). Expected: about
+1.5 minutes of engine start and 30 s of measurement per backend. Roofline for batch-1 decode: the
+bytes of the weights one token reads (the activated parameters x 2: attention, dense MLP, router,
+shared experts, 6 of 64 experts per layer, lm_head; the embedding is one row) divided by a
+device-to-device copy bandwidth measured in the same run. Target: batch-1 decode >= 60 % of the
+roofline. Needs CUDA.
 """
 
 from __future__ import annotations
@@ -19,17 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import megrez_sglang  # noqa: E402,F401
-import torch  # noqa: E402
+import megrez_sglang  # noqa: F401  (configures SGLang for this host)
+from megrez_sglang.build_checkpoint import build_checkpoint
+from megrez_sglang.config import MegrezMoeConfig
+from megrez_sglang.engine import start_engine
+from megrez_sglang.param_count import count_parameters
 
-from megrez_sglang.build_checkpoint import build_checkpoint  # noqa: E402
-from megrez_sglang.config import MegrezMoeConfig  # noqa: E402
-from megrez_sglang.engine import start_engine  # noqa: E402
-from megrez_sglang.param_count import count_parameters  # noqa: E402
-
-from report import print_table, write_json  # noqa: E402
+from .report import print_table, write_json
 
 
 def copy_bandwidth_gb_s(gib: float = 2.0, repeats: int = 20) -> float:
@@ -92,7 +94,8 @@ def main() -> int:
             before = gpu_memory_used_mib()
             engine = start_engine(model, load_format="dummy", dtype="bfloat16", log_level="error",
                                   attention_backend=backend, mem_fraction_static=0.8,
-                                  cuda_graph_bs_decode=batches)
+                                  context_length=4096, cuda_graph_bs_decode=batches,
+                                  disable_prefill_cuda_graph=True)
             try:
                 memory = gpu_memory_used_mib() - before
                 print(f"[{backend}] GPU memory used by the engine (weights, KV cache, graphs): {memory} MiB")

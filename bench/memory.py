@@ -1,7 +1,7 @@
 """Memory: parameter bytes with cross-layer expert sharing vs without (computed for the real
 config, measured on the loaded `small` model), and KV-cache bytes per token.
 
-    python bench/memory.py [--model PATH]
+    python -m bench.memory [--model PATH]
 
 "Without sharing" is the same architecture with every MoE layer holding its own experts (what
 an engine that ignores experts_shared_frequency would allocate). The measurement builds SGLang's
@@ -15,16 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import megrez_sglang  # noqa: E402,F401
-import torch  # noqa: E402
+import megrez_sglang  # noqa: F401  (configures SGLang for this host)
+import torch
 
-from megrez_sglang.build_checkpoint import cached_checkpoint  # noqa: E402
-from megrez_sglang.config import MegrezMoeConfig  # noqa: E402
-from megrez_sglang.param_count import count_parameters  # noqa: E402
+from megrez_sglang.build_checkpoint import cached_checkpoint, read_weights
+from megrez_sglang.config import MegrezMoeConfig
+from megrez_sglang.param_count import count_parameters
 
-from report import print_table, write_json  # noqa: E402
+from .report import print_table, write_json
 
 BF16 = 2
 
@@ -41,7 +40,6 @@ def computed(config: MegrezMoeConfig) -> dict:
 
 
 def measured(model_path: str) -> dict:
-    from safetensors import safe_open
     from sglang.test.layer_ut_utils import init_single_process_dist
 
     from megrez_sglang.sglang_models.megrez_moe import MegrezMoeForCausalLM
@@ -51,10 +49,7 @@ def measured(model_path: str) -> dict:
     torch.set_default_dtype(torch.bfloat16)
     model = MegrezMoeForCausalLM(config)
     torch.set_default_dtype(torch.float32)
-    tensors = {}
-    for file in sorted(Path(model_path).glob("*.safetensors")):
-        with safe_open(file, "pt") as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    tensors = read_weights(model_path)
     model.load_weights(tensors.items())
     loaded = sum(p.numel() * p.element_size() for p in model.parameters())  # shared params once
     on_disk = sum(t.numel() * t.element_size() for t in tensors.values())

@@ -1,10 +1,11 @@
 """The radix cache on a 5-shot C-Eval workload: prefill tokens computed and wall time, with and
 without --disable-radix-cache, as ratios.
 
-    python bench/radix_cache.py [--model PATH] [--data-dir DIR] [--subjects 6] [--questions N]
+    python -m bench.radix_cache [--model PATH] [--data-dir DIR] [--subjects 6] [--questions N]
 
 Each request is OpenCompass's 5-shot C-Eval prompt (the subject's five dev exemplars, then a
-validation question) and asks for the one answer token, sent one after another. Every question of a
+validation question; from the mirror in --data-dir / MEGREZ_EVAL_DATA, else the hub's
+ceval/ceval-exam) and asks for the one answer token, sent one after another. Every question of a
 subject shares the 5-shot prefix, which the radix cache computes once. Prefill tokens computed =
 sum(prompt tokens - cached tokens). Target: >= 4x fewer with the cache.
 """
@@ -17,33 +18,42 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import megrez_sglang  # noqa: F401  (configures SGLang for this host)
+from megrez_sglang.build_checkpoint import cached_checkpoint
+from megrez_sglang.engine import start_engine
 
-import megrez_sglang  # noqa: E402,F401
-from megrez_sglang.build_checkpoint import cached_checkpoint  # noqa: E402
-from megrez_sglang.engine import start_engine  # noqa: E402
+from eval.benchmark import data_dir_from_env
 
-from eval.benchmark import DEFAULT_DATA_DIR  # noqa: E402
-from report import print_table, write_json  # noqa: E402
+from .report import print_table, write_json
 
 # OpenCompass ceval_gen_5f30c7's format (the workload, not this project's evaluation prompt).
 HEADER = "以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n"
 QUESTION = "{question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n答案: "
 
 
-def rows(path: Path) -> list[dict]:
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+def subject_rows(data_dir: Path | None, subjects: int) -> dict[str, dict[str, list[dict]]]:
+    """{subject: {"dev": rows, "val": rows}} for the first `subjects` subjects."""
+    if data_dir is not None:
+        def read(path: Path) -> list[dict]:
+            with path.open(newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+
+        names = [p.name.removesuffix("_val.csv") for p in sorted((data_dir / "ceval" / "val").glob("*_val.csv"))]
+        return {s: {split: read(data_dir / "ceval" / split / f"{s}_{split}.csv") for split in ("dev", "val")}
+                for s in names[:subjects]}
+    from datasets import get_dataset_config_names, load_dataset
+
+    names = sorted(get_dataset_config_names("ceval/ceval-exam"))[:subjects]
+    return {s: {split: list(load_dataset("ceval/ceval-exam", s, split=split)) for split in ("dev", "val")}
+            for s in names}
 
 
-def workload(data_dir: Path, subjects: int, questions: int) -> list[str]:
+def workload(data_dir: Path | None, subjects: int, questions: int) -> list[str]:
     prompts = []
-    for val in sorted((data_dir / "ceval" / "val").glob("*_val.csv"))[:subjects]:
-        subject = val.name.removesuffix("_val.csv")
-        shots = "".join(QUESTION.format(**r) + r["answer"] + "\n\n"
-                        for r in rows(data_dir / "ceval" / "dev" / f"{subject}_dev.csv"))
+    for subject, rows in subject_rows(data_dir, subjects).items():
+        shots = "".join(QUESTION.format(**r) + r["answer"] + "\n\n" for r in rows["dev"])
         prompts += [HEADER.format(subject=subject) + shots + QUESTION.format(**r)
-                    for r in rows(val)[: questions or None]]
+                    for r in rows["val"][: questions or None]]
     return prompts
 
 
@@ -67,7 +77,8 @@ def measure(model: str, prompts: list[str], disable_radix_cache: bool) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--data-dir", type=Path, default=data_dir_from_env(),
+                   help="a local mirror of the benchmarks (default: $MEGREZ_EVAL_DATA, else the hub)")
     p.add_argument("--subjects", type=int, default=6)
     p.add_argument("--questions", type=int, default=0, help="per subject (0: all of its val split)")
     p.add_argument("--out")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from megrez_sglang.provenance import git_revision, package_versions
 
 RESULTS_DIR = Path(__file__).with_name("results")
 
@@ -22,13 +23,7 @@ def machine() -> dict:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
-    for package in ("sglang", "transformers", "xgrammar", "outlines", "llguidance", "flashinfer"):
-        try:
-            from importlib.metadata import version
-
-            info[package] = version(package if package != "flashinfer" else "flashinfer-python")
-        except Exception:  # noqa: BLE001 - not installed
-            pass
+    info.update(package_versions())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -48,15 +43,8 @@ def write_json(name: str, payload: dict, out: str | None = None) -> Path:
     path = Path(out) if out else RESULTS_DIR / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **payload}
+              "git_commit": git_revision(), "command": " ".join(["python", *sys.orig_argv[1:]]),
+              "machine": machine(), **payload}
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     print(f"\nwrote {path}")
     return path
-
-
-def git_revision() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"

@@ -1,8 +1,8 @@
-"""Serving throughput and latency with SGLang's own tool (sglang.bench_serving) against
+"""Serving throughput and latency with SGLang's own tool (sglang.benchmark.serving) against
 launch_server.sh: output tokens/s, time to first token and inter-token latency at concurrency
 1, 8 and 32.
 
-    python bench/serving.py [--model PATH | --base-url URL] [--concurrency 1,8,32]
+    python -m bench.serving [--model PATH | --base-url URL] [--concurrency 1,8,32]
                             [--input-len 256] [--output-len 64]
 
 Without --base-url it serves --model (default: the `small` checkpoint) with launch_server.sh for
@@ -13,34 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from megrez_sglang.server import ServerProcess
 
-from report import print_table, write_json  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, port: int) -> subprocess.Popen:
-    process = subprocess.Popen([str(ROOT / "launch_server.sh"), model, "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env={k: v for k, v in os.environ.items() if k != "MEGREZ_API_KEY"})
-    for line in process.stdout:
-        if "is being served at" in line:
-            return process
-    raise RuntimeError("launch_server.sh did not start (run it by hand to see why)")
+from .report import print_table, write_json
 
 
 def main() -> int:
@@ -61,14 +41,13 @@ def main() -> int:
         args.model = str(cached_checkpoint("small"))
     server = None
     if args.base_url is None:
-        port = free_port()
-        server = start_server(args.model, port)
-        args.base_url = f"http://127.0.0.1:{port}"
+        server = ServerProcess(args.model, env={"MEGREZ_API_KEY": ""})  # no key: a local run
+        args.base_url = server.url
     rows, records = [], []
     try:
         for c in map(int, args.concurrency.split(",")):
             with tempfile.NamedTemporaryFile(suffix=".jsonl") as out:
-                command = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang",
+                command = [sys.executable, "-m", "sglang.benchmark.serving", "--backend", "sglang",
                            "--base-url", args.base_url, "--dataset-name", "random-ids",
                            "--random-input-len", str(args.input_len), "--random-output-len",
                            str(args.output_len), "--random-range-ratio", "1",
@@ -76,7 +55,7 @@ def main() -> int:
                            "--max-concurrency", str(c), "--output-file", out.name, "--disable-tqdm"]
                 if args.model:
                     command += ["--tokenizer", args.model]
-                subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+                subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
                 r = json.loads(Path(out.name).read_text().splitlines()[-1])
             rows.append([c, r["completed"], r["output_throughput"], r["mean_ttft_ms"],
                          r["median_ttft_ms"], r["mean_itl_ms"], r["p99_itl_ms"]])
@@ -86,9 +65,8 @@ def main() -> int:
                                               "p99_itl_ms", "mean_e2e_latency_ms")})
     finally:
         if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-    print_table(f"sglang.bench_serving against launch_server.sh ({args.model or args.base_url}; "
+            server.stop()
+    print_table(f"sglang.benchmark.serving against launch_server.sh ({args.model or args.base_url}; "
                 f"{args.input_len} in / {args.output_len} out tokens)",
                 ["concurrency", "requests", "output tok/s", "mean TTFT ms", "median TTFT ms",
                  "mean ITL ms", "p99 ITL ms"], rows)

@@ -1,7 +1,7 @@
 """SGLang against the transformers baseline (the reference model's generate(), the model card's
 first path), the same prompts and token counts in one run, on the `small` checkpoint.
 
-    python bench/vs_transformers.py [--model PATH] [--batch 1,8] [--new-tokens 64]
+    python -m bench.vs_transformers [--model PATH] [--batch 1,8] [--new-tokens 64]
 
 Greedy decoding, --new-tokens per prompt (eos ignored). Figures: output tokens/s of each and
 their ratio. The transformers side runs in this process with the same threads SGLang's
@@ -15,13 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import megrez_sglang  # noqa: E402,F401
-from megrez_sglang.build_checkpoint import cached_checkpoint  # noqa: E402
-from megrez_sglang.engine import start_engine  # noqa: E402
+import megrez_sglang  # noqa: F401  (configures SGLang for this host)
+from megrez_sglang.build_checkpoint import cached_checkpoint
+from megrez_sglang.engine import start_engine
 
-from report import print_table, write_json  # noqa: E402
+from .report import print_table, write_json
 
 PROMPTS = ["世界上最高的山峰是", "Please reason step by step: what is 12 * 7?", "北京是中华人民共和国的首都，也是",
            "The quick brown fox", "def sum_of_squares(numbers):", "请逐步推理，并将最终答案放在\\boxed{}中。",

@@ -4,13 +4,20 @@
                    (--base-url URL | --model PATH) --out RUN_DIR
                    [--limit N] [--data-dir DIR | --from-hub] [--samples K]
                    [--constrained | --free] [--concurrency N] [--seed S]
+                   [--allow-unsandboxed-code]
 
 Against a running server (--base-url, e.g. launch_server.sh; the openai client, concurrent
-requests) or a server this command starts for --model (sgl.Runtime). Per benchmark, RUN_DIR gets
+requests) or a server this command starts for --model (sgl.Runtime). The items come from the
+Hugging Face hub (through `datasets` and its cache) unless --data-dir or MEGREZ_EVAL_DATA names a
+local mirror (layout: eval/README.md). Per benchmark, RUN_DIR gets
 <name>.jsonl (one line per item, written as it finishes: prompt, output, extracted answer,
 correct, tokens, latency); rerunning the same command resumes where it stopped. Then
 summary.json, summary.md (beside the card's figures) and summary.png; run.json records the
-sampling parameters, seed, model and versions.
+sampling parameters, seed, model, versions and the isolation generated code ran under.
+
+HumanEval and MBPP execute the model's code in eval.sandbox. Where no isolation is available
+they refuse to start, before any request, unless --allow-unsandboxed-code says to run the code
+as the eval's user, with the network on (then a warning, and "isolation": "none" in every record).
 """
 
 from __future__ import annotations
@@ -20,16 +27,19 @@ import json
 import os
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
+from megrez_sglang.provenance import git_revision, package_versions
+
 from . import BENCHMARKS
-from .benchmark import DEFAULT_DATA_DIR
+from .benchmark import DATA_DIR_ENV, BenchmarkDataError, data_dir_from_env
+from .code import CodeBenchmark
 from .report import write_summary
 from .runner import load_records, records_path, run_benchmark
 from .sampler import SamplingConfig, ServerSampler
+from .sandbox import isolation_level, unavailable_reason
 
-SETTINGS_THAT_MUST_MATCH = ("model", "sampling", "samples", "data")
+SETTINGS_THAT_MUST_MATCH = ("model", "sampling", "samples", "data", "isolation")
 
 
 def parse_args(argv):
@@ -43,8 +53,11 @@ def parse_args(argv):
     p.add_argument("--out", required=True, type=Path, help="the run directory (resumed if it exists)")
     p.add_argument("--limit", type=int, help="only the first N items of each benchmark")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    source.add_argument("--from-hub", action="store_true", help="load from the Hugging Face hub")
+    source.add_argument("--data-dir", type=Path, default=data_dir_from_env(),
+                        help=f"a local mirror of the benchmarks (default: ${DATA_DIR_ENV}; "
+                        "unset: the Hugging Face hub)")
+    source.add_argument("--from-hub", action="store_true",
+                        help=f"load from the Hugging Face hub even when {DATA_DIR_ENV} is set")
     p.add_argument("--samples", type=int, default=1, help="samples per item (majority vote for "
                    "math and choice, mean for IFEval, pass@1 for code)")
     mode = p.add_mutually_exclusive_group()
@@ -59,6 +72,9 @@ def parse_args(argv):
     p.add_argument("--max-tokens", type=int, help="per reply (default: the benchmark's)")
     p.add_argument("--reasoning-max-tokens", type=int, help="math, constrained: reasoning budget")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--allow-unsandboxed-code", action="store_true",
+                   help="run HumanEval/MBPP code even where no isolation is available (as this "
+                   "user, network on); by default they refuse")
     args = p.parse_args(argv)
     unknown = [b for b in args.benchmarks.split(",") if b not in BENCHMARKS]
     if unknown:
@@ -68,23 +84,37 @@ def parse_args(argv):
     return args
 
 
-def versions() -> dict:
-    out = {}
-    for package in ("megrez-sglang", "sglang", "transformers", "torch", "openai", "math-verify",
-                    "if-verifiable"):
-        try:
-            out[package] = version(package)
-        except Exception:  # noqa: BLE001 - not installed
-            pass
-    return out
+def code_isolation(benchmarks: dict, allow_unsandboxed: bool) -> str | None:
+    """The isolation the selected code benchmarks will run generated code under (None: none of
+    them is selected). Without any isolation they refuse, unless allowed: then a warning, once."""
+    code = [b for b in benchmarks.values() if isinstance(b, CodeBenchmark)]
+    if not code:
+        return None
+    level = isolation_level()
+    if level == "none":
+        names = ", ".join(b.name for b in code)
+        risk = "as this user, with the network on and this user's files writable"
+        if not allow_unsandboxed:
+            raise SystemExit(f"eval: refusing to run {names}: no isolation for generated code here "
+                             f"({unavailable_reason()}); --allow-unsandboxed-code runs it {risk}")
+        print(f"eval: WARNING: {names}: generated code runs WITHOUT isolation "
+              f"(--allow-unsandboxed-code), {risk}; every record says \"isolation\": \"none\"",
+              file=sys.stderr, flush=True)
+        for bench in code:
+            bench.allow_unsandboxed = True
+    return level
 
 
 def check_resumable(run_dir: Path, info: dict) -> None:
-    """A run directory resumes only with the settings it was started with."""
+    """A run directory resumes only with the settings it was started with (generated code's
+    isolation: where both invocations ran code benchmarks)."""
     path = run_dir / "run.json"
     if not path.exists():
         return
     previous = json.loads(path.read_text())
+    if info.get("isolation") is None or previous.get("isolation") is None:
+        info["isolation"] = info.get("isolation") or previous.get("isolation")
+        previous["isolation"] = info["isolation"]
     changed = [k for k in SETTINGS_THAT_MUST_MATCH if previous.get(k) != info.get(k)]
     if changed:
         raise SystemExit(f"eval: {run_dir} holds a run with different {', '.join(changed)} "
@@ -98,11 +128,13 @@ def main(argv=None) -> int:
                             args.max_tokens, args.reasoning_max_tokens)
     names = args.benchmarks.split(",")
     benchmarks = {n: BENCHMARKS[n]() for n in names}
+    isolation = code_isolation(benchmarks, args.allow_unsandboxed_code)  # before any request
     items = {}
+    data_dir = None if args.from_hub else args.data_dir
     for name, bench in benchmarks.items():
         try:
-            loaded = bench.load_from_hub() if args.from_hub else bench.load(args.data_dir)
-        except FileNotFoundError as e:
+            loaded = bench.items(data_dir)
+        except BenchmarkDataError as e:
             print(f"eval: {e}", file=sys.stderr)
             return 2
         items[name] = loaded[: args.limit] if args.limit else loaded
@@ -127,8 +159,9 @@ def main(argv=None) -> int:
         info = {
             "model": model_name or sampler.model_path(), "served_model": sampler.model, "server": base_url, "sampling": config.as_dict(),
             "samples": args.samples, "limit": args.limit,
-            "data": "hub" if args.from_hub else str(args.data_dir.resolve()),
-            "benchmarks": names, "versions": versions(),
+            "data": "hub" if data_dir is None else str(data_dir.resolve()),
+            "benchmarks": names, "versions": package_versions(), "git_commit": git_revision(),
+            "isolation": isolation,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         check_resumable(args.out, info)

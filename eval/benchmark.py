@@ -8,8 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-# Where the card's benchmarks live beside the project (see README); --data-dir overrides.
-DEFAULT_DATA_DIR = Path(os.environ.get("MEGREZ_EVAL_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+# A local mirror of the benchmarks (layout: eval/README.md); unset, they come from the Hugging Face hub.
+DATA_DIR_ENV = "MEGREZ_EVAL_DATA"
+
+
+def data_dir_from_env() -> Path | None:
+    value = os.environ.get(DATA_DIR_ENV)
+    return Path(value) if value else None
+
+
+class BenchmarkDataError(RuntimeError):
+    """A benchmark's items could not be loaded (missing mirror file, hub unreachable)."""
 
 
 @dataclass
@@ -37,11 +46,25 @@ class Benchmark:
     card_score: ClassVar[float | None] = None  # Megrez2-3x7B-A3B-Preview's figure
     max_tokens: ClassVar[int] = 1024
 
+    def items(self, data_dir: Path | None) -> list[Item]:
+        """The benchmark's items from the local mirror `data_dir`, or (None) from the Hugging Face
+        hub through `datasets` (its cache makes the second time offline-safe)."""
+        if data_dir is not None:
+            return self.load(data_dir)
+        try:
+            return self.load_from_hub()
+        except Exception as e:  # noqa: BLE001 - offline, unknown dataset, hub errors of every kind
+            raise BenchmarkDataError(
+                f"{self.name}: could not load it from the Hugging Face hub ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); on a machine offline give a local "
+                f"mirror with --data-dir or {DATA_DIR_ENV}") from e
+
     def load(self, data_dir: Path) -> list[Item]:
+        """The items from a local mirror laid out as eval/README.md describes."""
         raise NotImplementedError
 
     def load_from_hub(self) -> list[Item]:
-        """The same items from the Hugging Face hub (needs a machine online)."""
+        """The same items from the Hugging Face hub."""
         raise NotImplementedError(f"{self.name} has no hub loader")
 
     def extract(self, item: Item, text: str) -> str | None:
@@ -62,8 +85,17 @@ def mean(values) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def accuracy_by(records: list[dict], key: str) -> dict[str, float]:
+    """Score in % per value of the items' meta[key] (subject, category, ...)."""
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        groups.setdefault(r["meta"][key], []).append(r["grade"]["correct"])
+    return {k: 100 * mean(v) for k, v in sorted(groups.items())}
+
+
 def require_file(path: Path) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"benchmark data not found: {path} (give --data-dir, the folder "
-                                "laid out as ../shared/data, or --from-hub on a machine online)")
+        raise BenchmarkDataError(f"benchmark data not found: {path} (--data-dir / {DATA_DIR_ENV} "
+                                 "must be a mirror laid out as eval/README.md describes; without "
+                                 "either, the benchmarks come from the Hugging Face hub)")
     return path

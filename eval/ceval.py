@@ -8,7 +8,7 @@ import csv
 
 from megrez_sglang.prompts import choice_prompt
 
-from .benchmark import Item, mean, require_file
+from .benchmark import Item, accuracy_by, mean, require_file
 from .choice import ChoiceBenchmark
 
 LETTERS = ["A", "B", "C", "D"]
@@ -42,7 +42,7 @@ class CEval(ChoiceBenchmark):
                     gold=row["answer"].strip(), letters=LETTERS, meta={"subject": subject})
 
     def summarize(self, records):
-        by_subject = self.accuracy_by(records, "subject")
+        by_subject = accuracy_by(records, "subject")
         return {"score": mean(by_subject.values()), "n": len(records),
                 "micro_average": 100 * mean(r["grade"]["correct"] for r in records),
                 "by_subject": by_subject}

@@ -19,10 +19,3 @@ class ChoiceBenchmark(Benchmark):
         letter, votes = majority_answer([s.answer for s in samples])
         return {"correct": float(letter == item.gold), "voted": letter, "votes": votes,
                 "sample_accuracy": mean(s.answer == item.gold for s in samples)}
-
-    @staticmethod
-    def accuracy_by(records, key: str) -> dict[str, float]:
-        groups: dict[str, list[float]] = {}
-        for r in records:
-            groups.setdefault(r["meta"][key], []).append(r["grade"]["correct"])
-        return {k: 100 * mean(v) for k, v in sorted(groups.items())}

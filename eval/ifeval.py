@@ -1,24 +1,35 @@
 """IFEval (541 prompts): verifiable instructions, graded with Google's checkers as packaged in
 ``if-verifiable``; prompt- and instruction-level accuracy, strict and loose. The checkers' NLTK
-data (punkt_tab) comes from <data-dir>/nltk_data: nothing is downloaded at run time."""
+data (punkt_tab) comes from <data-dir>/nltk_data with a local mirror; otherwise from NLTK's own
+search path, downloaded there once if missing."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from .benchmark import Benchmark, Item, mean, require_file
+from .benchmark import Benchmark, BenchmarkDataError, Item, mean, require_file
 
 
-def use_local_nltk_data(data_dir) -> None:
-    """Point NLTK at the vendored data before the checkers import it."""
-    folder = data_dir / "nltk_data"
-    if folder.is_dir():
+PUNKT = "tokenizers/punkt_tab/english"
+
+
+def use_nltk_data(data_dir=None) -> None:
+    """Make punkt_tab findable before the checkers import NLTK: the mirror's nltk_data/ first,
+    else NLTK's search path, else one download into NLTK's default folder."""
+    import nltk
+
+    folder = data_dir / "nltk_data" if data_dir is not None else None
+    if folder is not None and folder.is_dir():
         os.environ["NLTK_DATA"] = str(folder)
-        import nltk
-
         if str(folder) not in nltk.data.path:
             nltk.data.path.insert(0, str(folder))
+    try:
+        nltk.data.find(PUNKT)
+    except LookupError:
+        if not nltk.download("punkt_tab", quiet=True):
+            raise BenchmarkDataError("ifeval: NLTK's punkt_tab is not installed and could not be "
+                                     "downloaded; give a mirror with nltk_data/ (--data-dir)") from None
 
 
 class IFEval(Benchmark):
@@ -29,13 +40,14 @@ class IFEval(Benchmark):
     max_tokens = 1280
 
     def load(self, data_dir):
-        use_local_nltk_data(data_dir)
+        use_nltk_data(data_dir)
         rows = [json.loads(l) for l in require_file(data_dir / "ifeval" / "input_data.jsonl").open()]
         return [self._item(r) for r in rows]
 
     def load_from_hub(self):
         from datasets import load_dataset
 
+        use_nltk_data()
         return [self._item(r) for r in load_dataset("google/IFEval", split="train")]
 
     @staticmethod

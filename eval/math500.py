@@ -8,7 +8,7 @@ import json
 from megrez_sglang.answers import last_boxed, majority_answer, math_equivalent
 from megrez_sglang.prompts import math_prompt
 
-from .benchmark import Benchmark, Item, mean, require_file
+from .benchmark import Benchmark, Item, accuracy_by, mean, require_file
 
 
 class Math500(Benchmark):
@@ -42,8 +42,5 @@ class Math500(Benchmark):
                 "sample_accuracy": mean(math_equivalent(item.gold, s.answer) for s in samples)}
 
     def summarize(self, records):
-        by_subject: dict[str, list[float]] = {}
-        for r in records:
-            by_subject.setdefault(r["meta"]["subject"], []).append(r["grade"]["correct"])
         return {"score": 100 * mean(r["grade"]["correct"] for r in records), "n": len(records),
-                "by_subject": {k: 100 * mean(v) for k, v in sorted(by_subject.items())}}
+                "by_subject": accuracy_by(records, "subject")}

@@ -9,7 +9,7 @@ import json
 
 from megrez_sglang.prompts import choice_prompt, option_letters
 
-from .benchmark import Item, mean, require_file
+from .benchmark import Item, accuracy_by, mean, require_file
 from .choice import ChoiceBenchmark
 
 
@@ -34,4 +34,4 @@ class MMLUPro(ChoiceBenchmark):
 
     def summarize(self, records):
         return {"score": 100 * mean(r["grade"]["correct"] for r in records), "n": len(records),
-                "by_category": self.accuracy_by(records, "category")}
+                "by_category": accuracy_by(records, "category")}

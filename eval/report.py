@@ -5,7 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .code import CodeBenchmark
+
 CARD_MODEL = "Megrez2-3x7B-A3B-Preview (card, OpenCompass)"
+
+
+def isolation_note(run_info: dict) -> str:
+    """How the run's generated code (HumanEval, MBPP) was isolated, for the table and the chart."""
+    level = run_info.get("isolation")
+    if level is None:
+        return "no generated code was run"
+    if level == "none":
+        return "generated code ran WITHOUT isolation (--allow-unsandboxed-code)"
+    return f"generated code ran in the sandbox, isolation: {level}"
 
 
 def write_summary(run_dir: Path, run_info: dict, results: dict[str, dict], benchmarks: dict) -> None:
@@ -17,15 +29,18 @@ def write_summary(run_dir: Path, run_info: dict, results: dict[str, dict], bench
         f"Mode: {'constrained' if run_info['sampling']['constrained'] else 'free'} output formats; "
         f"temperature {run_info['sampling']['temperature']}, top_p {run_info['sampling']['top_p']}, "
         f"seed {run_info['sampling']['seed']}, {run_info['samples']} sample(s) per item"
-        + (f", first {run_info['limit']} items" if run_info.get("limit") else "") + ".",
+        + (f", first {run_info['limit']} items" if run_info.get("limit") else "") + "; "
+        + isolation_note(run_info) + ".",
         "",
-        f"| benchmark | metric | items | score | {CARD_MODEL} |",
-        "|---|---|---:|---:|---:|",
+        f"| benchmark | metric | items | score | {CARD_MODEL} | code isolation |",
+        "|---|---|---:|---:|---:|---|",
     ]
     for name, r in results.items():
         bench = benchmarks[name]
         card = f"{bench.card_score:.1f}" if bench.card_score is not None else "-"
-        lines.append(f"| {name} | {bench.metric} | {r['n']} | {r['score']:.1f} | {card} |")
+        isolation = run_info.get("isolation") if isinstance(bench, CodeBenchmark) else None
+        lines.append(f"| {name} | {bench.metric} | {r['n']} | {r['score']:.1f} | {card} "
+                     f"| {isolation or '-'} |")
     for name, r in results.items():
         details = {k: v for k, v in r.items() if k not in ("score", "n") and isinstance(v, (int, float))}
         if details:
@@ -52,6 +67,7 @@ def _chart(path: Path, results: dict, benchmarks: dict, run_info: dict) -> None:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
     ax.set_title("Megrez2 on the model card's benchmarks")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.text(0.01, 0.01, isolation_note(run_info), fontsize=8)  # the caption
     fig.savefig(path, dpi=120)
     plt.close(fig)

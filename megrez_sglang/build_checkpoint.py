@@ -5,8 +5,8 @@
 
 Writes config.json (the real field set, transformers-4 layout with auto_map), safetensors of the
 reference model's seeded random weights under the real tensor names (bfloat16; the correction
-biases float32), generation_config.json (the card's sampling), and a tokenizer trained here
-(see megrez_sglang.tokenizer). ``real-config`` writes the config and tokenizer only, at the real
+biases float32), generation_config.json (the card's sampling), a tokenizer trained here
+(see megrez_sglang.tokenizer) and megrez_sglang.json, which says the weights are random. ``real-config`` writes the config and tokenizer only, at the real
 shapes. The same arguments give byte-identical files.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .config import MegrezMoeConfig
+from .model_path import PROVENANCE_FILE
 from .prompts import PROMPTS_DIR
 from .tokenizer import PAD_TOKEN, STOP_TOKENS, save_tokenizer, train_tokenizer
 
@@ -145,6 +146,17 @@ def write_generation_config(out_dir: Path, tokenizer, config: MegrezMoeConfig) -
     (out_dir / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
 
 
+def read_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory, from all its safetensors shards, by name."""
+    from safetensors import safe_open
+
+    tensors = {}
+    for file in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            tensors.update({name: f.get_tensor(name) for name in f.keys()})
+    return tensors
+
+
 def build_checkpoint(
     out_dir: str | Path,
     preset: str = "tiny",
@@ -165,6 +177,9 @@ def build_checkpoint(
     save_tokenizer(tokenizer, out_dir, model_max_length=config.max_position_embeddings)
     if preset != "real-config":
         save_weights(random_state_dict(config, seed, bigram_prior), out_dir, max_shard_size)
+    provenance = {"weights": "random" if preset != "real-config" else "none", "preset": preset,
+                  "seed": seed, "bigram_prior": bigram_prior, "overrides": overrides or {}}
+    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out_dir
 
 

@@ -3,13 +3,27 @@
 Every field of the real checkpoint's ``config.json``, with the real model's values as defaults
 (facts and their sources: the architecture note; Megrez2 tech report, sections 3.1-3.4).
 Invalid combinations fail at construction with a ``ValueError`` naming the field.
+
+Some defaults are guesses (GUESSED_FIELDS: no public source states them); a checkpoint's
+config.json always wins, and loading one that lacks a guessed field logs a warning naming it.
 """
 
 from __future__ import annotations
 
+import logging
+
 import transformers
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
+
+logger = logging.getLogger(__name__)
+
+# Fields of the real config.json that no public source states (architecture note, "Still
+# guesses"): the defaults below are the likeliest values, used by the real-config preset and by a
+# config.json that lacks them (with a warning). Every other default is confirmed by the
+# publisher's demos, chatllm.cpp's converter or the llama.cpp pull request.
+GUESSED_FIELDS = ("num_key_value_heads", "rope_theta", "rms_norm_eps", "intermediate_size",
+                  "eos_token_id", "pad_token_id", "bos_token_id")
 
 SCORING_FUNCS = ("sigmoid", "softmax")
 # noaux_tc: DeepSeek-V3's bias-corrected selection (sigmoid scores, group score = sum of the top-2
@@ -60,6 +74,19 @@ class MegrezMoeConfig(PreTrainedConfig):
     rope_parameters: RopeParameters | dict | None = None
     attention_bias: bool = False
     attention_dropout: float = 0.0
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """From a config.json's contents (what from_pretrained and AutoConfig call)."""
+        present = set(config_dict) | set(kwargs)
+        if "rope_theta" in (config_dict.get("rope_parameters") or {}):
+            present.add("rope_theta")
+        missing = [f for f in GUESSED_FIELDS if f not in present]
+        if missing:
+            logger.warning("Megrez2 config.json has no %s: using the guessed default(s) %s",
+                           ", ".join(missing),
+                           ", ".join(f"{f}={cls.__dataclass_fields__[f].default!r}" for f in missing))
+        return super().from_dict(config_dict, **kwargs)
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None:

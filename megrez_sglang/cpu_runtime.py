@@ -12,13 +12,27 @@ starting SGLang's own entry points (``python -m sglang.launch_server``) by hand.
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
 STANDIN_DIR = Path(__file__).resolve().parent / "cpu_compat"
 
 # "cpu" or "cuda" forces a choice; anything else means: CUDA if torch sees a device.
 DEVICE_ENV = "MEGREZ_DEVICE"
+
+# SGLang imports every module under sglang.srt.models at start-up and logs each one that cannot
+# import here ("Ignore import error when loading ...", ~13 per process on a CPU host). With an
+# external model package it loads only that package and defers its own models until asked for one.
+MODEL_PACKAGE = "megrez_sglang.sglang_models"
+
+# UserWarnings every SGLang process prints on the CPU path, about features that only exist on
+# GPUs (PYTHONWARNINGS: action:message-prefix:category, comma-separated).
+CPU_PATH_WARNINGS = (
+    "ignore:Only CUDA:UserWarning",  # AWQ and GGUF quantization
+    "ignore:Triton is not supported on current platform:UserWarning",
+)
 
 
 def detect_device() -> str:
@@ -37,9 +51,12 @@ def cpu_engine_environment() -> dict[str, str]:
     pythonpath = [str(STANDIN_DIR)] + [
         p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(STANDIN_DIR)
     ]
+    warning_filters = [w for w in os.environ.get("PYTHONWARNINGS", "").split(",") if w]
+    warning_filters += [w for w in CPU_PATH_WARNINGS if w not in warning_filters]
     return {
         "SGLANG_USE_CPU_ENGINE": "1",
         "PYTHONPATH": os.pathsep.join(pythonpath),
+        "PYTHONWARNINGS": ",".join(warning_filters),
         # The nvidia wheels ship libnccl.so.2; found, SGLang enables NCCL for tensor parallelism
         # on CPU and crashes ("Expected a cuda device"). Pointing it nowhere leaves gloo.
         "SGLANG_NCCL_SO_PATH": os.environ.get("SGLANG_NCCL_SO_PATH", "/nonexistent/libnccl.so.2"),
@@ -48,6 +65,7 @@ def cpu_engine_environment() -> dict[str, str]:
 
 def configure_sglang_for_host() -> str:
     """Configure SGLang for this host before it is imported; returns "cuda" or "cpu". Idempotent."""
+    os.environ.setdefault("SGLANG_EXTERNAL_MODEL_PACKAGE", MODEL_PACKAGE)
     device = detect_device()
     if device == "cuda":
         return device
@@ -58,6 +76,9 @@ def configure_sglang_for_host() -> str:
             "CPU engine: import megrez_sglang before sglang"
         )
     os.environ.update(cpu_engine_environment())
+    for spec in CPU_PATH_WARNINGS:  # this process read PYTHONWARNINGS before it was set
+        action, message, category = spec.split(":")
+        warnings.filterwarnings(action, message=re.escape(message), category=UserWarning)
     if str(STANDIN_DIR) not in sys.path:
         sys.path.insert(0, str(STANDIN_DIR))
     return device
@@ -66,5 +87,5 @@ def configure_sglang_for_host() -> str:
 if __name__ == "__main__":
     import shlex
 
-    for key, value in cpu_engine_environment().items():
+    for key, value in {"SGLANG_EXTERNAL_MODEL_PACKAGE": MODEL_PACKAGE, **cpu_engine_environment()}.items():
         print(f"export {key}={shlex.quote(value)}")

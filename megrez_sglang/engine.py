@@ -3,12 +3,16 @@
 One place decides the device-dependent settings, so that the offline script, the server script,
 the tests and the benchmarks run SGLang the same way: FlashInfer attention on CUDA; on a CPU
 host SGLang's CPU engine (see cpu_runtime) with torch-native attention, a bounded KV cache and an
-idle scheduler that sleeps instead of spinning.
+idle scheduler that sleeps instead of spinning. And for every device: a Megrez2 checkpoint whose
+config allows more positions than the model was trained on is served with the trained context.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from .cpu_runtime import configure_sglang_for_host
@@ -16,6 +20,31 @@ from .cpu_runtime import configure_sglang_for_host
 # On CPU the default mem_fraction_static sizes the KV cache from RAM (~15 GB) and slows start-up
 # to ~40 s; a bounded cache is plenty for a development machine.
 CPU_MAX_TOTAL_TOKENS = 16384
+
+
+# SGLang logs the custom_sigquit_handler it is given at error level, on every start.
+logging.getLogger("sglang.srt.entrypoints.engine").addFilter(
+    lambda record: not record.getMessage().startswith("Using custom SIGQUIT handler"))
+
+# Megrez2's config says max_position_embeddings 163840, but the model was trained on 32K tokens
+# (architecture note): serving the config's figure would size SGLang's pools and accept prompts
+# for positions the model never saw.
+TRAINED_CONTEXT_LENGTH = 32768
+
+
+def default_context_length(model_path: str) -> int | None:
+    """TRAINED_CONTEXT_LENGTH for a local Megrez2 checkpoint whose config.json allows more
+    positions; None otherwise (SGLang then takes the config's max_position_embeddings)."""
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # not a local checkpoint (SGLang reports that), or not ours to judge
+    is_megrez = (config.get("model_type") == "megrez_moe"
+                 or "MegrezMoeForCausalLM" in (config.get("architectures") or []))
+    positions = config.get("max_position_embeddings")
+    if is_megrez and isinstance(positions, int) and positions > TRAINED_CONTEXT_LENGTH:
+        return TRAINED_CONTEXT_LENGTH
+    return None
 
 
 class EngineStartError(RuntimeError):
@@ -30,9 +59,13 @@ def raise_engine_start_error(*_args) -> None:
 
 def engine_args(model_path: str, *, device: str | None = None, tp_size: int = 1,
                 **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for ``sglang.Engine`` / ``ServerArgs`` for this host."""
+    """Keyword arguments for ``sglang.Engine`` / ``ServerArgs`` for this host. An override
+    wins, ``context_length=None`` included (the checkpoint's full max_position_embeddings)."""
     device = device or configure_sglang_for_host()
     args: dict[str, Any] = dict(model_path=model_path, tp_size=tp_size)
+    context_length = default_context_length(model_path)
+    if context_length is not None:
+        args["context_length"] = context_length
     if device == "cuda":
         args.update(attention_backend="flashinfer")
     else:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
+
+# Written by the project's checkpoint builders: {"weights": "random" | "trained", ...}.
+PROVENANCE_FILE = "megrez_sglang.json"
 
 
 class ModelPathError(ValueError):
@@ -45,7 +49,19 @@ def resolve_model_path(model_path: str | None, *, need_weights: bool = True) -> 
         )
     if need_weights and not list(path.glob("*.safetensors")):
         raise ModelPathError(f"{model_path!r} has no *.safetensors weights (a config-only checkpoint?)")
+    if need_weights and has_random_weights(path):
+        print(f"megrez_sglang: note: {path} holds random weights (built by "
+              "megrez_sglang.build_checkpoint): what it generates is noise, not answers", file=sys.stderr)
     return str(path)
+
+
+def has_random_weights(path: str | Path) -> bool:
+    """Whether the checkpoint is one of the project's random-weight builds."""
+    try:
+        provenance = json.loads((Path(path) / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return provenance.get("weights") == "random"
 
 
 def _download(repo_id: str) -> Path:

@@ -6,8 +6,10 @@ import os
 from functools import cache
 from pathlib import Path
 
-# The repository's prompts/ folder; MEGREZ_PROMPTS_DIR points elsewhere (e.g. a translated set).
-PROMPTS_DIR = Path(os.environ.get("MEGREZ_PROMPTS_DIR") or Path(__file__).resolve().parents[1] / "prompts")
+# The texts: the repository's prompts/ folder, which the package reaches through its prompt_texts
+# link (and an installed package carries as package data); MEGREZ_PROMPTS_DIR points elsewhere
+# (e.g. a translated set).
+PROMPTS_DIR = Path(os.environ.get("MEGREZ_PROMPTS_DIR") or Path(__file__).parent / "prompt_texts")
 
 
 @cache

@@ -5,7 +5,8 @@
 * SGLang: ``register`` is this package's entry point in SGLang's plugin group
   ``sglang.srt.plugins`` (pyproject.toml). SGLang calls it first thing in the engine, the
   server's main process and every scheduler/detokenizer process: where configs are parsed and
-  models built. It registers the config and ``MegrezMoeForCausalLM`` with SGLang's registry.
+  models built. It registers the config and ``MegrezMoeForCausalLM`` with SGLang's registry,
+  and, in a server started by this project's launchers, installs server_hardening.
 
 A broken model module must never let SGLang fall back silently to its generic transformers
 backend (SGLang only logs plugin and model-import errors): if the import fails, the registry
@@ -61,3 +62,13 @@ def register() -> None:
     """The SGLang plugin entry point."""
     register_with_transformers()
     register_with_sglang()
+    from . import server_hardening
+
+    if server_hardening.requested():
+        try:
+            server_hardening.install()
+        except Exception as e:
+            # SGLang only logs a failing plugin; a server asked to be hardened must not start open.
+            # (SystemExit is not an Exception, so SGLang's plugin loader lets it through.)
+            raise SystemExit(f"megrez_sglang: could not harden SGLang's HTTP server, not starting: "
+                             f"{type(e).__name__}: {e}") from e

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host before it is imported)
 from megrez_sglang.build_checkpoint import build_checkpoint
@@ -22,19 +23,25 @@ from megrez_sglang.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-123456"  # the card's example key
+ADMIN_KEY = "sk-admin-5f0c2e9b7d41"  # MEGREZ_ADMIN_API_KEY of the shared server: control endpoints
 ENGINE_FIXTURES = {"engines", "tiny_engine"}
+
+# The reference models in this process are tiny: a second OpenMP thread buys nothing, and on a
+# busy machine its spin-waits made a 10-token generate 15x slower (3.6 s instead of 0.25 s).
+torch.set_num_threads(1)
 SERVER_FIXTURES = {"server", "client", "backend"}
 
 
-def pytest_collection_modifyitems(config, items):
-    def lane(item) -> int:
-        fixtures = set(item.fixturenames)
-        if ENGINE_FIXTURES & fixtures and not SERVER_FIXTURES & fixtures:
-            return 1
-        if SERVER_FIXTURES & fixtures:
-            return 2
-        return 3 if item.get_closest_marker("slow") else 0
+def lane(item) -> int:
+    fixtures = set(item.fixturenames)
+    if ENGINE_FIXTURES & fixtures and not SERVER_FIXTURES & fixtures:
+        return 1
+    if SERVER_FIXTURES & fixtures:
+        return 2
+    return 3 if item.get_closest_marker("slow") else 0
 
+
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if lane(item):
             item.add_marker(pytest.mark.slow)
@@ -115,14 +122,25 @@ def engines(standin_trace):
 
 @pytest.fixture(scope="session")
 def server(tiny_checkpoint, engines, tmp_path_factory):
-    """launch_server.sh on the tiny checkpoint, with the card's API key; shared by the server,
-    programs and eval tests (SIGTERM and fault tests start their own)."""
+    """launch_server.sh on the tiny checkpoint, with the card's API key and an admin key; shared by
+    the server, programs and eval tests (SIGTERM and fault tests start their own)."""
     engines.close()  # Engine.shutdown() kills every child of this process, a server included
     log = tmp_path_factory.mktemp("server") / "server.log"
     s = ServerProcess(tiny_checkpoint, command=[str(ROOT / "launch_server.sh")], log_path=log,
-                      env={"MEGREZ_API_KEY": API_KEY})
+                      api_key=API_KEY, admin_api_key=ADMIN_KEY)
+    _shared_servers.append(s)
     yield s
     s.stop()
+
+
+_shared_servers: list[ServerProcess] = []
+
+
+def pytest_runtest_teardown(item, nextitem):
+    # Stop the shared server once its lane is over, before tests start servers of their own
+    # (one server alive at a time; stopping twice is harmless).
+    if _shared_servers and lane(item) == 2 and (nextitem is None or lane(nextitem) != 2):
+        _shared_servers.pop().stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,21 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from megrez_sglang.build_checkpoint import build_checkpoint
+from megrez_sglang.build_checkpoint import build_checkpoint, read_weights
 from megrez_sglang.config import MegrezMoeConfig
 
 from .test_reference_model import expected_tensor_names
-
-
-def tensors(path: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(file, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def digests(path: str) -> dict[str, str]:
@@ -32,7 +23,7 @@ def digests(path: str) -> dict[str, str]:
 def test_tiny_has_exactly_the_real_tensor_names_and_two_sharing_groups(tiny_checkpoint):
     config = MegrezMoeConfig.from_pretrained(tiny_checkpoint)
     assert config.num_expert_groups == 2 and config.num_hidden_layers == 7
-    t = tensors(tiny_checkpoint)
+    t = read_weights(tiny_checkpoint)
     assert set(t) == expected_tensor_names(config)
     assert t["model.layers.1.mlp.gate.e_score_correction_bias"].dtype == torch.float32
     assert t["model.layers.1.mlp.experts.0.gate_proj.weight"].dtype == torch.bfloat16
@@ -58,7 +49,7 @@ def test_generation_config_has_the_cards_sampling(tiny_checkpoint):
 
 
 def test_correction_biases_differ_between_the_layers_of_a_group(tiny_checkpoint):
-    t = tensors(tiny_checkpoint)
+    t = read_weights(tiny_checkpoint)
     b = [t[f"model.layers.{l}.mlp.gate.e_score_correction_bias"] for l in (1, 2, 3)]
     assert not torch.equal(b[0], b[1]) and not torch.equal(b[1], b[2])
     assert min(float(x.std()) for x in b) > 0.1
@@ -102,22 +93,18 @@ def test_real_config_preset_writes_config_and_tokenizer_only(tmp_path):
     assert (path / "tokenizer.json").exists()
 
 
-def test_cli_overrides_fields_and_rejects_bad_ones(tmp_path):
-    cmd = [sys.executable, "-m", "megrez_sglang.build_checkpoint"]
-    ok = subprocess.run(cmd + [str(tmp_path / "x"), "--set", "num_key_value_heads=1",
-                               "--set", "pre_gate=false", "--set", "routed_scaling_factor=2.5"],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
+def test_cli_overrides_fields_and_rejects_bad_ones(tmp_path, capsys):
+    from megrez_sglang.build_checkpoint import main
+
+    assert main([str(tmp_path / "x"), "--set", "num_key_value_heads=1", "--set", "pre_gate=false",
+                 "--set", "routed_scaling_factor=2.5"]) == 0
     config = MegrezMoeConfig.from_pretrained(tmp_path / "x")
     assert (config.num_key_value_heads, config.pre_gate, config.routed_scaling_factor) == (1, False, 2.5)
-    bad = subprocess.run(cmd + [str(tmp_path / "y"), "--set", "num_key_value_heads=3"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2
-    assert "num_attention_heads (4) must be divisible by num_key_value_heads (3)" in bad.stderr
+    assert main([str(tmp_path / "y"), "--set", "num_key_value_heads=3"]) == 2
+    assert "num_attention_heads (4) must be divisible by num_key_value_heads (3)" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
-    unknown = subprocess.run(cmd + [str(tmp_path / "z"), "--set", "n_experts=4"],
-                             capture_output=True, text=True)
-    assert unknown.returncode == 2 and "no field 'n_experts'" in unknown.stderr
+    assert main([str(tmp_path / "z"), "--set", "n_experts=4"]) == 2
+    assert "no field 'n_experts'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text", [

@@ -71,3 +71,19 @@ def test_real_layout_with_auto_map_loads_without_remote_code(tmp_path):
 def test_invalid_config_names_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
         MegrezMoeConfig(**fields)
+
+
+def test_a_config_json_lacking_a_guessed_field_warns_naming_it(tmp_path, caplog):
+    legacy = MegrezMoeConfig().legacy_dict()
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    with caplog.at_level("WARNING", logger="megrez_sglang.config"):
+        AutoConfig.from_pretrained(tmp_path)
+    assert caplog.records == []  # every field present: nothing guessed
+    del legacy["rms_norm_eps"], legacy["rope_theta"]
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    with caplog.at_level("WARNING", logger="megrez_sglang.config"):
+        loaded = AutoConfig.from_pretrained(tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Megrez2 config.json has no rope_theta, rms_norm_eps: using the guessed default(s) "
+        "rope_theta=1000000.0, rms_norm_eps=1e-05"]
+    assert loaded.rms_norm_eps == 1e-5

@@ -1,8 +1,7 @@
 """The CPU runtime: SGLang's CPU engine configured by the package, the sgl_kernel stand-in."""
 
 import os
-import subprocess
-import sys
+import runpy
 from pathlib import Path
 
 import pytest
@@ -52,9 +51,9 @@ def test_sglang_sees_a_cpu_host_without_amx_kernels():
     assert cpu_has_amx_support() is False  # so every layer takes its forward_native path
 
 
-def test_print_env_exports_the_settings_for_sglangs_own_entry_points():
-    out = subprocess.run([sys.executable, "-m", "megrez_sglang.cpu_runtime"],
-                         capture_output=True, text=True, check=True).stdout
+def test_print_env_exports_the_settings_for_sglangs_own_entry_points(capsys):
+    runpy.run_module("megrez_sglang.cpu_runtime", run_name="__main__")
+    out = capsys.readouterr().out
     assert "export SGLANG_USE_CPU_ENGINE=1" in out
     assert f"export PYTHONPATH={cpu_runtime.STANDIN_DIR}" in out
 

@@ -1,7 +1,5 @@
 """Stored and activated parameters from the real config alone."""
 
-import subprocess
-import sys
 
 from megrez_sglang.config import MegrezMoeConfig
 from megrez_sglang.param_count import count_parameters
@@ -24,8 +22,10 @@ def test_real_config_activates_about_3_26b_per_token():
     assert round(counts.activated / 1e9, 2) == 3.26
 
 
-def test_cli_prints_the_counts():
-    out = subprocess.run([sys.executable, "-m", "megrez_sglang.param_count"],
-                         capture_output=True, text=True, check=True).stdout
+def test_cli_prints_the_counts(capsys):
+    from megrez_sglang.param_count import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
     assert "10 expert pools" in out
     assert "7.499 B" in out and "3.256 B" in out

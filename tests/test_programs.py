@@ -16,7 +16,7 @@ from megrez_sglang.programs.grammars import answer_json_regex
 from megrez_sglang.programs.openai_recipes import openai_choice, openai_math
 from megrez_sglang.prompts import option_letters
 
-from .conftest import API_KEY, ROOT
+from .conftest import API_KEY
 
 RUNS = 50
 MATH_QUESTIONS = [f"小明有{a}个苹果，又买了{b}个，现在有多少个？" if a % 2 else f"What is {a} + {b}?"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .fidelity import prompt_ids, sglang_greedy
+from megrez_sglang.fidelity import prompt_ids, sglang_greedy
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True}
 
@@ -73,6 +73,7 @@ def test_external_model_package_works_without_the_plugin(tmp_path, tiny_checkpoi
     assert json.loads(line.split(" ", 1)[1]) == expected
 
 
+@pytest.mark.slow
 def test_a_broken_model_module_fails_loudly_instead_of_falling_back(tmp_path, tiny_checkpoint):
     """A copy of the package whose model module cannot import, first on PYTHONPATH (so every
     SGLang process sees it): loading must fail naming the error, never fall back to SGLang's

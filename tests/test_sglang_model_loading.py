@@ -60,12 +60,128 @@ def test_loads_every_parameter_once_and_holds_each_group_once(sglang_world, tiny
     assert torch.equal(layer2.experts.w2_weight[5], ckpt)
     assert torch.equal(layer2.gate.e_score_correction_bias,
                        tensors["model.layers.2.mlp.gate.e_score_correction_bias"])
-    # memory: unique parameter bytes == checkpoint bytes (vocab rows padded to 64 aside)
-    padded_rows = model.model.embed_tokens.weight.shape[0] - model.config.vocab_size
-    padding = 2 * padded_rows * model.config.hidden_size * 2  # embed + lm_head, bf16
+    # memory: unique parameter bytes == checkpoint bytes, but for the vocab rows padded to 64 and
+    # the router weights, held in float32 (the checkpoint's bfloat16, 2 bytes more per value)
+    config = model.config
+    padded_rows = model.model.embed_tokens.weight.shape[0] - config.vocab_size
+    padding = 2 * padded_rows * config.hidden_size * 2  # embed + lm_head, bf16
+    router_upcast = 6 * config.n_routed_experts * config.hidden_size * 2  # 6 MoE layers
     loaded = sum(p.numel() * p.element_size() for p in model.parameters())
     on_disk = sum(t.numel() * t.element_size() for t in tensors.values())
-    assert loaded - padding == on_disk
+    assert loaded - padding - router_upcast == on_disk
+
+
+def test_router_weight_is_held_in_float32_with_the_checkpoints_values(sglang_world, tiny_checkpoint):
+    """Stored in float32 at load, so no forward casts it: the bfloat16 values exactly."""
+    model = build(tiny_checkpoint)
+    tensors = checkpoint_tensors(tiny_checkpoint)
+    model.load_weights(tensors.items())
+    gate = model.model.layers[5].mlp.gate
+    assert gate.weight.dtype == torch.float32
+    stored = tensors["model.layers.5.mlp.gate.weight"]
+    assert stored.dtype == torch.bfloat16 and torch.equal(gate.weight, stored.float())
+    x = torch.randn(3, model.config.hidden_size, dtype=torch.bfloat16)
+    assert torch.equal(gate(x), x.float() @ stored.float().T)
+
+
+def test_skips_rotary_buffers_and_extra_layers_with_one_log_line(sglang_world, tiny_checkpoint, caplog):
+    """What every public loader of the real checkpoint skips: RoPE inv_freq buffers and layers
+    numbered >= num_hidden_layers (7 here: extra next-token-prediction layers)."""
+    tensors = checkpoint_tensors(tiny_checkpoint)
+    extra = {
+        "model.layers.0.self_attn.rotary_emb.inv_freq": torch.ones(8),
+        "model.layers.6.self_attn.rotary_emb.inv_freq": torch.ones(8),
+        "model.layers.7.mlp.gate.weight": torch.zeros(8, 64),
+        "model.layers.7.eh_proj.weight": torch.zeros(64, 128),
+        "model.layers.12.shared_head.norm.weight": torch.zeros(64),
+    }
+    model = build(tiny_checkpoint)
+    with caplog.at_level("INFO", logger="megrez_sglang.sglang_models.megrez_moe"):
+        model.load_weights([*tensors.items(), *extra.items()])
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert lines == ["Megrez2 checkpoint: skipped 5 tensor(s) the model does not use: "
+                     "2 rotary_emb.inv_freq buffers, 3 tensors of layers >= num_hidden_layers (7)"]
+    assert torch.equal(model.model.layers[6].mlp.gate.weight,
+                       tensors["model.layers.6.mlp.gate.weight"].float())
+
+
+def test_nothing_skipped_logs_nothing(sglang_world, tiny_checkpoint, caplog):
+    with caplog.at_level("INFO", logger="megrez_sglang.sglang_models.megrez_moe"):
+        build(tiny_checkpoint).load_weights(checkpoint_tensors(tiny_checkpoint).items())
+    assert not [r for r in caplog.records if "skipped" in r.getMessage()]
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("model.layers.6.self_attn.rotary_emb.cos_cached", (16, 16)),  # only inv_freq is skipped
+    ("model.rotary_emb.inv_freq_scaled", (8,)),
+    ("model.layers.6.mlp.gate.extra_weight", (8, 64)),  # layer 6 exists: strict
+    ("model.mtp.0.norm.weight", (64,)),  # next-token layers only as model.layers.N, N >= 7
+    ("lm_head.bias", (128,)),
+])
+def test_everything_else_unexpected_still_fails(sglang_world, tiny_checkpoint, name, shape):
+    from megrez_sglang.sglang_models.megrez_moe import CheckpointMismatch
+
+    tensors = checkpoint_tensors(tiny_checkpoint)
+    tensors[name] = torch.zeros(shape)
+    with pytest.raises(CheckpointMismatch, match=f"{name.replace('.', '[.]')}' .* has no place"):
+        build(tiny_checkpoint).load_weights(tensors.items())
+
+
+def test_config_values_that_were_guesses_come_from_the_checkpoint(sglang_world, checkpoints):
+    """KV heads, rope_theta, rms_norm_eps, the dense width and the special-token ids are read
+    from config.json (here all different from the defaults), by SGLang's model config and by the
+    model it builds."""
+    from sglang.srt.configs.model_config import ModelConfig
+
+    path = checkpoints("other-guesses", **OTHER_GUESSES)
+    served = ModelConfig(path)
+    assert served.num_key_value_heads == 1
+    assert OTHER_GUESSES["eos_token_id"] in served.hf_eos_token_id
+    model = build(path)
+    layer = model.model.layers[0]
+    assert layer.self_attn.attn.tp_k_head_num == 1 and layer.self_attn.num_kv_heads == 1
+    assert layer.self_attn.rotary_emb.base == 5e6
+    assert layer.input_layernorm.variance_epsilon == 1e-6
+    assert model.model.norm.variance_epsilon == 1e-6
+    assert layer.mlp.gate_up_proj.weight.shape[0] == 2 * 160
+    model.load_weights(checkpoint_tensors(path).items())  # and the weights fit those shapes
+
+
+# Different from every default of the guessed fields (see config.GUESSED_FIELDS)
+OTHER_GUESSES = dict(num_key_value_heads=1, rope_theta=5e6, rms_norm_eps=1e-6, intermediate_size=160,
+                     eos_token_id=3)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("enable_eplb", True, "does not support --enable-eplb"),
+    ("init_expert_location", "/tmp/placement.json", "--init-expert-location '/tmp/placement.json'"),
+    ("ep_dispatch_algorithm", "static", "--ep-dispatch-algorithm 'static'"),
+    ("expert_distribution_recorder_mode", "stat", "--expert-distribution-recorder-mode 'stat'"),
+    ("ep_num_redundant_experts", 2, "redundant experts \\(--ep-num-redundant-experts 2\\)"),
+])
+def test_per_layer_expert_placement_options_are_refused(sglang_world, tiny_checkpoint, setting, value,
+                                                        message):
+    """One expert pool serves a whole sharing group: SGLang's per-layer expert placement
+    (EPLB and what feeds it) is refused at model construction, naming the option."""
+    from sglang.srt.runtime_context import get_exec
+
+    with get_exec().moe.override(**{setting: value}):
+        with pytest.raises(NotImplementedError, match=message) as refused:
+            build(tiny_checkpoint)
+    assert "one expert pool serves each group of 3 consecutive MoE layers" in str(refused.value)
+    build(tiny_checkpoint)  # the default settings build
+
+
+def test_pipeline_parallelism_and_two_batch_overlap_are_refused():
+    from types import SimpleNamespace
+
+    from megrez_sglang.sglang_models.megrez_moe import unsupported_setup
+
+    defaults = SimpleNamespace(enable_eplb=False, ep_num_redundant_experts=0, init_expert_location="trivial",
+                               ep_dispatch_algorithm=None, expert_distribution_recorder_mode=None)
+    assert unsupported_setup(1, defaults, False) is None
+    assert "pipeline parallelism" in unsupported_setup(2, defaults, False)
+    assert "two-batch overlap" in unsupported_setup(1, defaults, True)
 
 
 @pytest.mark.parametrize("mutate, message", [

@@ -32,7 +32,7 @@ from megrez_sglang.tiny_corpus import CARD_CHAT, CARD_COMPLETION, held_out_items
 from megrez_sglang.train_tiny import Encoder, Recipe, greedy_replies, train
 
 from .conftest import API_KEY, ROOT
-from .fidelity import Greedy, assert_same_greedy
+from megrez_sglang.fidelity import Greedy, assert_same_greedy
 
 CHECKPOINT = str(TRAINED_CHECKPOINT)
 PROVENANCE = json.loads((TRAINED_CHECKPOINT / "megrez_sglang.json").read_text())
@@ -200,7 +200,7 @@ def engine_replies(engines):
 def test_bf16_greedy_tokens_match_the_reference_on_held_out_prompts(engine_replies):
     """SGLang's greedy tokens (bfloat16) equal the reference model's (bfloat16) up to the reply's
     stop token, allowing a divergence only at a documented near-tie."""
-    from .fidelity import reference_greedy
+    from megrez_sglang.fidelity import reference_greedy
 
     tok = load_tokenizer()
     stop_ids = {tok.convert_tokens_to_ids(t) for t in STOP_TOKENS}

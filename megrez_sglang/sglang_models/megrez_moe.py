@@ -22,6 +22,8 @@ layout moves are SGLang's stage boundaries (``append_stages``), as in its Llama 
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from typing import Iterable, Optional
 
 import torch
@@ -79,12 +81,16 @@ class MegrezMoeMLP(nn.Module):
 class MegrezMoeGate(nn.Module):
     """`mlp.gate`: this layer's router weight [E, H] and correction bias [E].
 
-    Replicated on every rank. The bias is float32: left in bfloat16 it picked a different expert
-    set for 0.1-0.8 % of tokens."""
+    Replicated on every rank, both float32: routing is computed in float32 (a bfloat16 bias
+    picked a different expert set for 0.1-0.8 % of tokens), and a weight stored in float32 at
+    load (the checkpoint's bfloat16 values, exactly) saves casting it on every forward: one
+    kernel per MoE layer per decode step, 30 of them per token at the real shapes."""
 
     def __init__(self, config: MegrezMoeConfig):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.hidden_size))
+        self.weight = nn.Parameter(
+            torch.empty(config.n_routed_experts, config.hidden_size, dtype=torch.float32)
+        )
         if config.topk_method == "noaux_tc":
             self.e_score_correction_bias = nn.Parameter(
                 torch.empty(config.n_routed_experts, dtype=torch.float32)
@@ -93,7 +99,7 @@ class MegrezMoeGate(nn.Module):
             self.e_score_correction_bias = None
 
     def forward(self, router_input: torch.Tensor) -> torch.Tensor:
-        return F.linear(router_input.float(), self.weight.float())  # routing in float32
+        return F.linear(router_input.float(), self.weight)  # routing in float32
 
 
 class MegrezMoeSparseBlock(nn.Module):
@@ -330,7 +336,7 @@ class MegrezMoeForCausalLM(nn.Module):
     def __init__(self, config: MegrezMoeConfig, quant_config: Optional[QuantizationConfig] = None,
                  prefix: str = ""):
         super().__init__()
-        _check_parallel_setup()
+        _check_parallel_setup(config)
         self.config = config
         self.quant_config = quant_config
         self.model = MegrezMoeModel(config, quant_config, prefix=add_prefix("model", prefix))
@@ -351,24 +357,51 @@ class MegrezMoeForCausalLM(nn.Module):
         return load_megrez_weights(self, weights)
 
 
-def _check_parallel_setup() -> None:
+def _check_parallel_setup(config: MegrezMoeConfig) -> None:
     """Configurations whose assumptions expert sharing or pre-gating break: fail loudly."""
-    parallel = get_parallel()
-    if parallel.pp_size > 1:
-        raise NotImplementedError(
-            "Megrez2 does not support pipeline parallelism: the pre-gate tensor and the shared "
-            "expert pools would have to cross pipeline stages"
-        )
-    if get_exec().moe.ep_num_redundant_experts:
-        raise NotImplementedError(
-            "Megrez2 does not support redundant experts / EPLB: expert placement is rebalanced "
-            "per layer, while one expert pool serves a whole sharing group"
-        )
-    if get_flags().moe.tbo_enabled:
-        raise NotImplementedError(
-            "Megrez2 does not support two-batch overlap: the pre-gate tensor is handed from one "
-            "layer to the next over the whole batch"
-        )
+    problem = unsupported_setup(get_parallel().pp_size, get_exec().moe, get_flags().moe.tbo_enabled,
+                                config.experts_shared_frequency)
+    if problem:
+        raise NotImplementedError(problem)
+
+
+# One expert pool serves a whole sharing group, but SGLang's expert-placement machinery (EPLB,
+# redundant experts, the expert-location dispatch and the distribution recorder feeding it)
+# keeps one placement per layer and would move or count a group's experts per layer.
+_PER_LAYER_EXPERT_PLACEMENT = (
+    "one expert pool serves each group of {f} consecutive MoE layers, while SGLang's expert "
+    "placement is per layer"
+)
+
+
+def unsupported_setup(pp_size: int, moe, tbo_enabled: bool, experts_shared_frequency: int = 3) -> str | None:
+    """Why this server configuration cannot run Megrez2, or None. `moe` is SGLang's resolved
+    MoE settings (``get_exec().moe``: the --enable-eplb, --init-expert-location,
+    --ep-dispatch-algorithm, --expert-distribution-recorder-mode and --ep-num-redundant-experts
+    server arguments)."""
+    if pp_size > 1:
+        return ("Megrez2 does not support pipeline parallelism: the pre-gate tensor and the shared "
+                "expert pools would have to cross pipeline stages")
+    if tbo_enabled:
+        return ("Megrez2 does not support two-batch overlap: the pre-gate tensor is handed from one "
+                "layer to the next over the whole batch")
+    why = _PER_LAYER_EXPERT_PLACEMENT.format(f=experts_shared_frequency)
+    if moe.enable_eplb:
+        return f"Megrez2 does not support --enable-eplb (expert load balancing): {why}"
+    if moe.ep_num_redundant_experts:
+        return (f"Megrez2 does not support redundant experts (--ep-num-redundant-experts "
+                f"{moe.ep_num_redundant_experts}): {why}")
+    if moe.init_expert_location not in (None, "trivial"):
+        return (f"Megrez2 does not support --init-expert-location {moe.init_expert_location!r} "
+                f"(only 'trivial'): {why}")
+    if moe.ep_dispatch_algorithm is not None:
+        return (f"Megrez2 does not support --ep-dispatch-algorithm {moe.ep_dispatch_algorithm!r}: "
+                f"{why}")
+    if moe.expert_distribution_recorder_mode is not None:
+        return (f"Megrez2 does not support --expert-distribution-recorder-mode "
+                f"{moe.expert_distribution_recorder_mode!r} (nor --expert-balancedness-report-mode, "
+                f"which turns it on): {why}")
+    return None
 
 
 # (model parameter, checkpoint shard name, shard id) for the stacked projections
@@ -404,6 +437,23 @@ class CheckpointMismatch(ValueError):
     """The checkpoint's tensors do not match the Megrez2 model built from its config."""
 
 
+_LAYER_NUMBER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def unused_checkpoint_tensor(name: str, num_hidden_layers: int) -> str | None:
+    """Why the loader skips this checkpoint tensor, or None when it must load it. Exactly what
+    every public loader of the real checkpoint skips (the publisher's SGLang and vLLM demos,
+    chatllm.cpp, the llama.cpp pull request): RoPE's ``inv_freq`` buffers, which the model
+    recomputes, and layers numbered at or above num_hidden_layers (extra next-token-prediction
+    layers that generation does not run)."""
+    if name.endswith(".rotary_emb.inv_freq"):
+        return "rotary_emb.inv_freq buffers"
+    match = _LAYER_NUMBER.match(name)
+    if match and int(match.group(1)) >= num_hidden_layers:
+        return f"tensors of layers >= num_hidden_layers ({num_hidden_layers})"
+    return None
+
+
 def load_megrez_weights(model: MegrezMoeForCausalLM,
                         weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
     """Load the real checkpoint names into the model; every parameter is written exactly once.
@@ -411,7 +461,8 @@ def load_megrez_weights(model: MegrezMoeForCausalLM,
     Routed experts exist only under owner layers (``model.layers.{owner}.mlp.experts.{e}.*``) and
     go through SGLang's expert mapping into that layer's FusedMoE; everything else is a direct or
     stacked (q/k/v -> qkv, gate/up -> gate_up) copy. A tensor the model does not have, a shape
-    that does not fit, or a parameter left unwritten raises CheckpointMismatch naming it.
+    that does not fit, or a parameter left unwritten raises CheckpointMismatch naming it; only
+    the tensors `unused_checkpoint_tensor` names are skipped (counted in one log line).
     """
     config = model.config
     layout = checkpoint_layout(checkpoint_config(config))
@@ -458,7 +509,12 @@ def load_megrez_weights(model: MegrezMoeForCausalLM,
             ) from e
         written[param_name] += 1
 
+    skipped: Counter[str] = Counter()
     for name, tensor in weights:
+        reason = unused_checkpoint_tensor(name, config.num_hidden_layers)
+        if reason is not None:
+            skipped[reason] += 1
+            continue
         if name not in layout:
             if ".mlp.experts." in name and config.is_moe_layer(int(name.split(".")[2])):
                 layer_id = int(name.split(".")[2])
@@ -493,6 +549,9 @@ def load_megrez_weights(model: MegrezMoeForCausalLM,
         else:
             write(name, name, tensor)
 
+    if skipped:
+        logger.info("Megrez2 checkpoint: skipped %d tensor(s) the model does not use: %s",
+                    sum(skipped.values()), ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
     wrong = {n: (written[n], expected_pieces[n]) for n in params if written[n] != expected_pieces[n]}
     if wrong:
         details = ", ".join(f"{n} (written {w} of {e} pieces)" for n, (w, e) in sorted(wrong.items())[:8])

@@ -11,14 +11,28 @@ What it does: :mod:`megrez_sglang.cpu_runtime` puts this directory first on ``sy
 
 * a name ending in ``_cpu`` resolves to a placeholder that RAISES when called (and appends the
   call to the file named by ``MEGREZ_SGL_KERNEL_TRACE`` when that is set, so a test can prove
-  that nothing called it even where SGLang would swallow the exception);
+  that nothing called it even where SGLang would swallow the exception; the import itself is
+  recorded there too, so the test can also prove that the process it watches was traced);
 * every other name raises ``AttributeError``/``ImportError``, so SGLang's own ``except
   ImportError`` fallbacks apply exactly as on a machine without the package.
 
 It is a development and test path, not a fast path. Never used on a CUDA host.
+
+Imported first thing by every SGLang process on such a host, it also silences two log lines
+that only say there is no GPU: SGLang's JIT-kernel probe ("Cannot detect CUDA architecture.")
+and torch's "No CUDA runtime is found" when torch.compile looks for a CUDA toolkit.
 """
 
+import logging
 import os
+
+
+def _drop(logger_name: str, message_start: str) -> None:
+    logging.getLogger(logger_name).addFilter(lambda record: not record.getMessage().startswith(message_start))
+
+
+_drop("sglang.kernels.jit.utils.arch", "Cannot detect CUDA architecture")
+_drop("torch.utils.cpp_extension", "No CUDA runtime is found")
 
 IS_MEGREZ_CPU_STANDIN = True
 TRACE_ENV = "MEGREZ_SGL_KERNEL_TRACE"
@@ -28,12 +42,20 @@ class StandinKernelCalled(RuntimeError):
     """A CUDA/AMX kernel was called on the CPU path: the stand-in has no implementation."""
 
 
+def _trace(event: str) -> None:
+    trace = os.environ.get(TRACE_ENV)
+    if trace:
+        with open(trace, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {event}\n")
+
+
+IMPORTED = "(imported)"
+_trace(IMPORTED)
+
+
 def _placeholder(name: str):
     def placeholder(*args, **kwargs):
-        trace = os.environ.get(TRACE_ENV)
-        if trace:
-            with open(trace, "a", encoding="utf-8") as f:
-                f.write(f"{os.getpid()} {name}\n")
+        _trace(name)
         raise StandinKernelCalled(
             f"sgl_kernel.{name} was called, but sgl_kernel here is megrez_sglang's CPU-only "
             "stand-in (megrez_sglang/cpu_compat): it has no kernels. A layer took an AMX/CUDA "
