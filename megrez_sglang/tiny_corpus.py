@@ -7,9 +7,9 @@ Three kinds of items, Chinese and English, each a user message (built with the c
   (ones, then tens, with the carry or borrow), states the result and ends with ``\\boxed{N}``
   on a line of its own;
 * **choice**: four lettered options (which word belongs to a category, which does not, which
-  number is even / odd, which sum of two digits has a value); the reply notes what each option
-  is, in order, until the right one, names its letter, then gives ``{"answer": "<letter>"}`` on a
-  line of its own;
+  number is even / odd, which sum of two digits has a one-digit value); the reply states the
+  value looked for, goes through the options in order (each one's value and a verdict) until the
+  right one, names its letter, then gives ``{"answer": "<letter>"}`` on a line of its own;
 * **fact**: the card's two demos (「世界上最高的山峰是」 → 珠穆朗玛峰) and a few dozen short
   factual completions and questions like them, as raw completions and as chats.
 
@@ -153,20 +153,25 @@ def _word(pair: tuple[str, str], lang: str) -> str:
     return pair[0] if lang == "zh" else pair[1]
 
 
-def _category_note(pair: tuple[str, str], category: str, lang: str) -> str:
-    zh_name, en_name, _ = CATEGORIES[category]
-    return f"{pair[0]}是{zh_name}" if lang == "zh" else f"{pair[1]} is {en_name}"
-
-
 def _category_of(pair: tuple[str, str]) -> str:
     return next(c for c, (_, _, members) in CATEGORIES.items() if pair in members)
 
 
+def _category_word(category: str, lang: str) -> str:
+    """The category as one bare word, written the same in the target line and in the notes."""
+    return CATEGORIES[category][0] if lang == "zh" else category
+
+
 def choice_item(rng: random.Random, lang: str, kind: str | None = None,
                 position: int | None = None) -> TaskItem:
-    """A random item (of `kind`, with the right option at `position`, when given). The reply
-    goes through the options in order, noting what each is, and stops at the right one with its
-    letter; then the answer object."""
+    """A random item (of `kind`, with the right option at `position`, when given).
+
+    The reply first states what is looked for as one value (a category, 不是 + a category,
+    even / odd, a number), then goes through the options in order: each option's value, then a
+    verdict (is it the one looked for), and stops at the right one with its letter; then the
+    answer object. Each verdict compares the value just written with the value stated at the top
+    of the reply, a decision a tiny model learns (the earlier formats, a note per option without
+    the target restated, stayed at chance)."""
     kind = kind or rng.choice(CHOICE_KINDS)
     zh = lang == "zh"
     if kind in ("member", "non_member"):
@@ -176,39 +181,44 @@ def choice_item(rng: random.Random, lang: str, kind: str | None = None,
         if kind == "member":
             right, wrong = rng.choice(members), rng.sample(others, 3)
             question = f"下列哪一项是{zh_cat}？" if zh else f"Which of the following is {en_cat}?"
+            target = _category_word(cat, lang)
         else:
             right, wrong = rng.choice(CATEGORIES[other][2]), rng.sample(members, 3)
             question = f"下列哪一项不是{zh_cat}？" if zh else f"Which of the following is not {en_cat}?"
+            target = ("不是 " if zh else "not ") + _category_word(cat, lang)
         right_option, wrong_options = _word(right, lang), [_word(w, lang) for w in wrong]
-        notes = {_word(w, lang): _category_note(w, _category_of(w), lang) for w in [right, *wrong]}
+        notes = {_word(w, lang): f"{_word(w, lang)}{'： ' if zh else ': '}"
+                 f"{_category_word(_category_of(w), lang)}" for w in [right, *wrong]}
     elif kind in ("even", "odd"):
         evens, odds = range(10, 100, 2), range(11, 100, 2)
         right_pool, wrong_pool = (evens, odds) if kind == "even" else (odds, evens)
         right_n, wrong_ns = rng.choice(right_pool), rng.sample(wrong_pool, 3)
         word = ("偶数", "even") if kind == "even" else ("奇数", "odd")
         question = f"下列哪个数是{word[0]}？" if zh else f"Which of the following numbers is {word[1]}?"
+        target = word[0] if zh else word[1]
         right_option, wrong_options = str(right_n), [str(n) for n in wrong_ns]
-        notes = {str(n): (f"{n}是{'偶数' if n % 2 == 0 else '奇数'}" if zh
-                          else f"{n} is {'even' if n % 2 == 0 else 'odd'}") for n in [right_n, *wrong_ns]}
-    else:  # sum: which expression of two one-digit numbers has the given value
-        pairs = [(a, b) for a in range(1, 10) for b in range(1, 10)]
+        notes = {str(n): f"{n}{'： ' if zh else ': '}" + (("偶数" if zh else "even") if n % 2 == 0
+                                                         else ("奇数" if zh else "odd"))
+                 for n in [right_n, *wrong_ns]}
+    else:  # sum: which expression of two one-digit numbers has the given (one-digit) value
+        pairs = [(a, b) for a in range(1, 9) for b in range(1, 9) if a + b <= 9]
         right_pair = rng.choice(pairs)
-        target = sum(right_pair)
-        wrong_pairs = rng.sample([p for p in pairs if sum(p) != target], 3)
-        question = f"下列哪个算式的结果是{target}？" if zh else f"Which of the following equals {target}?"
+        total = sum(right_pair)
+        wrong_pairs = rng.sample([p for p in pairs if sum(p) != total], 3)
+        question = f"下列哪个算式的结果是{total}？" if zh else f"Which of the following equals {total}?"
+        target = str(total)
         right_option, wrong_options = "{} + {}".format(*right_pair), [f"{a} + {b}" for a, b in wrong_pairs]
         notes = {f"{a} + {b}": f"{a} + {b} = {a + b}" for a, b in [right_pair, *wrong_pairs]}
     options = list(wrong_options)
     position = rng.randrange(4) if position is None else position
     options.insert(position, right_option)
     letter = LETTERS[position]
-    # The options in order, up to the right one: the decision is made next to the option's note.
-    checked = [f"{l}. {notes[o]}" for l, o in zip(LETTERS[: position + 1], options, strict=False)]
-    if zh:
-        reason = "；".join(checked) + f"，所以答案是 {letter}。"
-    else:
-        reason = "; ".join(checked) + f", so the answer is {letter}."
-    reply = f"{reason}\n{answer_object(letter)}"
+    yes, no = ("对", "不对") if zh else ("yes", "no")
+    lines = [f"要找： {target}。" if zh else f"Looking for: {target}."]
+    lines += [f"{l}. {notes[o]}{'，' if zh else ', '}{yes if l == letter else no}{'。' if zh else '.'}"
+              for l, o in zip(LETTERS[: position + 1], options, strict=False)]
+    lines.append(f"所以答案是 {letter}。" if zh else f"So the answer is {letter}.")
+    reply = "\n".join(lines) + f"\n{answer_object(letter)}"
     key = ("choice", lang, question, tuple(options))
     return TaskItem("choice", lang, choice_prompt(question, options, lang), reply, letter, key,
                     tuple(LETTERS))
