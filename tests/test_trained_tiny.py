@@ -25,6 +25,7 @@ from safetensors import safe_open
 from eval import BENCHMARKS
 from eval.benchmark import Sample
 from megrez_sglang.config import MegrezMoeConfig
+from megrez_sglang.fidelity import Greedy, compare_greedy, reference_greedy
 from megrez_sglang.model_path import TRAINED_CHECKPOINT, resolve_model_path
 from megrez_sglang.reference import checkpoint_layout
 from megrez_sglang.server import ServerProcess
@@ -32,7 +33,6 @@ from megrez_sglang.tiny_corpus import CARD_CHAT, CARD_COMPLETION, held_out_items
 from megrez_sglang.train_tiny import Encoder, Recipe, greedy_replies, train
 
 from .conftest import API_KEY, ROOT
-from megrez_sglang.fidelity import Greedy, assert_same_greedy
 
 CHECKPOINT = str(TRAINED_CHECKPOINT)
 PROVENANCE = json.loads((TRAINED_CHECKPOINT / "megrez_sglang.json").read_text())
@@ -197,27 +197,38 @@ def engine_replies(engines):
     return replies
 
 
+def sglang_tokens(output: dict) -> list[int]:
+    """SGLang's generated ids, with the stop token that ended the reply (as the reference's)."""
+    tokens = list(output["output_ids"])
+    finish = output["meta_info"]["finish_reason"]
+    matched = finish.get("matched") if finish["type"] == "stop" else None
+    if isinstance(matched, int) and tokens[-1:] != [matched]:
+        tokens.append(matched)
+    return tokens
+
+
 def test_bf16_greedy_tokens_match_the_reference_on_held_out_prompts(engine_replies):
     """SGLang's greedy tokens (bfloat16) equal the reference model's (bfloat16) up to the reply's
-    stop token, allowing a divergence only at a documented near-tie."""
-    from megrez_sglang.fidelity import reference_greedy
-
+    stop token, allowing a divergence only at a documented near-tie (megrez_sglang.fidelity's rule)."""
     tok = load_tokenizer()
     stop_ids = {tok.convert_tokens_to_ids(t) for t in STOP_TOKENS}
     chosen = [r for kind in HELD_OUT for r in engine_replies[kind][:FIDELITY_ITEMS]]
-    longest = max(len(r["greedy"]["output_ids"]) for r in chosen)
+    got = [sglang_tokens(r["greedy"]) for r in chosen]
     expected = reference_greedy(CHECKPOINT, [r["ids"] for r in chosen], dtype=torch.bfloat16,
-                                new_tokens=longest + 1)
-    cut, got = [], []
-    for ref, r in zip(expected, chosen, strict=True):
-        n = next((i + 1 for i, t in enumerate(ref.tokens) if t in stop_ids), len(ref.tokens))
-        assert ref.tokens[n - 1] in stop_ids, "the reference's reply did not end"
-        cut.append(Greedy(ref.tokens[:n], ref.logprobs[:n], ref.step_logits[:n]))
-        tokens = list(r["greedy"]["output_ids"])
-        got.append((tokens + [None] * (n - len(tokens)))[:n])  # None: SGLang stopped earlier
-    prompts = [tok.decode(r["ids"]) for r in chosen]
-    near_ties = assert_same_greedy(cut, [(t, []) for t in got], logprob_tol=float("inf"),
-                                   tie_tol=BF16_TIE_TOL, compare_logprobs=False, prompts=prompts)
+                                new_tokens=max(map(len, got)) + 1)
+    reference_cut, sglang_cut = [], []
+    for ref, tokens in zip(expected, got, strict=True):
+        ends = next((i + 1 for i, t in enumerate(ref.tokens) if t in stop_ids), len(ref.tokens))
+        n = min(ends, len(tokens))  # a reply that stops early differs at its stop token
+        reference_cut.append(Greedy(ref.tokens[:n], ref.logprobs[:n], ref.step_logits[:n]))
+        sglang_cut.append((tokens[:n], ref.logprobs[:n]))
+    comparisons = compare_greedy(reference_cut, sglang_cut)
+    for c in comparisons:
+        print(f"{c.describe()}: {tok.decode(chosen[c.prompt]['ids'])[-60:]!r}")
+    problems = [p for c in comparisons
+                for p in c.problems(float("inf"), BF16_TIE_TOL, compare_logprobs=False)]
+    assert not problems, "; ".join(problems)
+    near_ties = [c for c in comparisons if c.diverged_at is not None]
     print(f"bf16 greedy: {len(chosen) - len(near_ties)}/{len(chosen)} replies token-identical, "
           f"{len(near_ties)} diverged at a near-tie (top-2 logit gap <= {BF16_TIE_TOL})")
     assert len(near_ties) <= 1
@@ -282,7 +293,7 @@ def trained_server(request, tmp_path_factory):
     request.getfixturevalue("engines").close()  # Engine.shutdown() would kill this server
     log = tmp_path_factory.mktemp("trained-server") / "server.log"
     server = ServerProcess(CHECKPOINT, command=[str(ROOT / "launch_server.sh")], extra=["--dtype", "float32"],
-                           log_path=log, env={"MEGREZ_API_KEY": API_KEY})
+                           log_path=log, api_key=API_KEY)
     yield server
     server.stop()
 
