@@ -15,10 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
-
-import megrez_sglang  # noqa: F401  (configures SGLang for this host)
 import torch
 
+import megrez_sglang  # noqa: F401  (configures SGLang for this host)
 from megrez_sglang.build_checkpoint import cached_checkpoint, read_weights
 from megrez_sglang.config import MegrezMoeConfig
 from megrez_sglang.param_count import count_parameters

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-
 import megrez_sglang  # noqa: F401  (configures SGLang for this host)
 from megrez_sglang.build_checkpoint import cached_checkpoint
 from megrez_sglang.engine import start_engine

@@ -10,7 +10,6 @@ import os
 
 from .benchmark import Benchmark, BenchmarkDataError, Item, mean, require_file
 
-
 PUNKT = "tokenizers/punkt_tab/english"
 
 
@@ -72,8 +71,8 @@ class IFEval(Benchmark):
                                "inst_strict": strict, "inst_loose": loose})
         return {"correct": mean(p["prompt_strict"] for p in per_sample),
                 "prompt_loose": mean(p["prompt_loose"] for p in per_sample),
-                "inst_strict": [mean(x) for x in zip(*(p["inst_strict"] for p in per_sample))],
-                "inst_loose": [mean(x) for x in zip(*(p["inst_loose"] for p in per_sample))]}
+                "inst_strict": [mean(x) for x in zip(*(p["inst_strict"] for p in per_sample), strict=True)],
+                "inst_loose": [mean(x) for x in zip(*(p["inst_loose"] for p in per_sample), strict=True)]}
 
     def summarize(self, records):
         inst_strict = [x for r in records for x in r["grade"]["inst_strict"]]

@@ -1,10 +1,12 @@
 """Asking the model: the openai client against an SGLang server, concurrently.
 
 With --constrained (the default) math and multiple choice go through the structured-output
-recipes (the final answer forced into \\boxed{}, the letter into {"answer": "<L>"} with only the
-item's letters); with --free every item is one plain chat request and the benchmark reads the
-answer out of the text. IFEval and code are free text either way. Every sample has its own seed,
-derived from --seed, the benchmark, the item and the sample index: a rerun asks the same thing.
+recipes: the model reasons first (within the benchmark's max_tokens, or --reasoning-max-tokens),
+then the final answer is forced into \\boxed{} (the server's grammar backend's form of it), the
+letter into {"answer": "<L>"} with only the item's letters. With --free every item is one plain
+chat request and the benchmark reads the answer out of the text. IFEval and code are free text
+either way. Every sample has its own seed, derived from --seed, the benchmark, the item and the
+sample index: a rerun asks the same thing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import openai
 
-from megrez_sglang.programs.openai_recipes import boxed_math_reply, choice_reply
+from megrez_sglang.programs.openai_recipes import boxed_math_reply, choice_reply, server_grammar_backend
 
 from .benchmark import Benchmark, Item, Sample
 
@@ -27,7 +29,7 @@ class SamplingConfig:
     seed: int = 0
     constrained: bool = True
     max_tokens: int | None = None  # default: the benchmark's
-    reasoning_max_tokens: int | None = None  # math, constrained: the reasoning budget
+    reasoning_max_tokens: int | None = None  # constrained math and choice: the reasoning budget
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +48,7 @@ class ServerSampler:
         self.model = model or self.client.models.list().data[0].id
         self.config = config
         self.base_url, self.api_key = base_url.rstrip("/"), api_key
+        self.grammar_backend = server_grammar_backend(self.client)  # None: the regex form of the box
 
     def model_path(self) -> str:
         """The checkpoint the server serves (SGLang's /get_model_info), else the served name."""
@@ -66,11 +69,13 @@ class ServerSampler:
         messages = [{"role": "user", "content": item.prompt}]
         start = time.perf_counter()
         if c.constrained and bench.kind == "math":
-            r = boxed_math_reply(self.client, self.model, messages,
+            r = boxed_math_reply(self.client, self.model, messages, grammar_backend=self.grammar_backend,
                                  reasoning_max_tokens=c.reasoning_max_tokens or max_tokens, **params)
             return Sample(r.text, r.answer, r.completion_tokens, time.perf_counter() - start)
-        if c.constrained and bench.kind == "choice":
-            r = choice_reply(self.client, self.model, messages, item.letters, **params)
+        if c.constrained and bench.kind == "choice":  # reasoning first, as the card's figures were
+            budget = max_tokens if c.reasoning_max_tokens is None else c.reasoning_max_tokens
+            r = choice_reply(self.client, self.model, messages, item.letters, reasoning_max_tokens=budget,
+                             **params)
             return Sample(r.text, r.letter, r.completion_tokens, time.perf_counter() - start)
         reply = self.client.chat.completions.create(model=self.model, messages=messages,
                                                     max_tokens=max_tokens, **params)

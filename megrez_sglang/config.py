@@ -1,7 +1,7 @@
 """MegrezMoeConfig: the configuration of Megrez2-3x7B-A3B (``model_type = "megrez_moe"``).
 
 Every field of the real checkpoint's ``config.json``, with the real model's values as defaults
-(facts and their sources: the architecture note; Megrez2 tech report, sections 3.1-3.4).
+(facts and their sources: docs/architecture.md; Megrez2 tech report, sections 3.1-3.4).
 Invalid combinations fail at construction with a ``ValueError`` naming the field.
 
 Some defaults are guesses (GUESSED_FIELDS: no public source states them); a checkpoint's
@@ -18,7 +18,7 @@ from transformers.modeling_rope_utils import RopeParameters
 
 logger = logging.getLogger(__name__)
 
-# Fields of the real config.json that no public source states (architecture note, "Still
+# Fields of the real config.json that no public source states (docs/architecture.md, "Still
 # guesses"): the defaults below are the likeliest values, used by the real-config preset and by a
 # config.json that lacks them (with a warning). Every other default is confirmed by the
 # publisher's demos, chatllm.cpp's converter or the llama.cpp pull request.

@@ -27,7 +27,7 @@ logging.getLogger("sglang.srt.entrypoints.engine").addFilter(
     lambda record: not record.getMessage().startswith("Using custom SIGQUIT handler"))
 
 # Megrez2's config says max_position_embeddings 163840, but the model was trained on 32K tokens
-# (architecture note): serving the config's figure would size SGLang's pools and accept prompts
+# (docs/architecture.md): serving the config's figure would size SGLang's pools and accept prompts
 # for positions the model never saw.
 TRAINED_CONTEXT_LENGTH = 32768
 

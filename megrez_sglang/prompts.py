@@ -60,6 +60,6 @@ def choice_prompt(question: str, options, lang: str = "zh") -> str:
     if len(texts) < 2:
         raise ValueError(f"a multiple-choice item needs at least 2 options, got {len(texts)}")
     lines = "\n".join(load_prompt("choice_option").format(letter=letter, text=str(text).strip())
-                      for letter, text in zip(option_letters(options), texts))
+                      for letter, text in zip(option_letters(options), texts, strict=True))
     return load_prompt(f"choice.{lang}").format(
         question=question.strip(), options=lines, instruction=load_prompt(f"choice_instruction.{lang}"))

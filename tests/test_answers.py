@@ -1,4 +1,9 @@
-"""Answer extraction from free text (what graders apply to unconstrained outputs): golden cases."""
+"""Answer extraction from free text (what graders apply to unconstrained outputs): golden cases,
+and a corpus of multiple-choice answers written the way chat models write them."""
+
+import json
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +59,10 @@ CHOICES = [
     ("I think A is wrong; the answer is B", "ABCD", "B"),
     ('{"answer": "A"} ... {"answer": "C"}', "ABCD", "C"),  # the last answer object
     ("", "ABCD", None),
+    ("A: 12, B: 15, C: 18, D: 21", "ABCD", None),  # the options on one line, no choice
+    ("The answer is A, B, or C", "ABCD", None),
+    ("The answer is probably C.", "ABCD", "C"),
+    ("Option A's claim is wrong; the answer is B", "ABCD", "B"),
 ]
 
 
@@ -81,3 +90,29 @@ def test_majority_vote_clusters_equivalent_answers():
     assert majority_answer(answers, math_equivalent) == ("1/2", 3)
     assert majority_answer(["B", "C", "B", None]) == ("B", 2)
     assert majority_answer([None, ""]) == (None, 0)
+
+
+PHRASINGS = [json.loads(line) for line in
+             (Path(__file__).parent / "data" / "choice_answer_phrasings.jsonl").open(encoding="utf-8")]
+
+
+def test_the_phrasing_corpus_has_what_models_write_in_both_languages():
+    assert len(PHRASINGS) >= 150
+    assert Counter(p["lang"] for p in PHRASINGS).keys() == {"zh", "en"}
+    forms = Counter(p["form"] for p in PHRASINGS)
+    for form in ("markdown", "latex", "json", "full-width", "explanation", "self-correction",
+                 "restated", "refusal", "hedge"):
+        assert forms[form] >= 3, form
+    assert sum(p["expected"] is None for p in PHRASINGS) >= 30
+
+
+def test_extraction_reads_at_least_98_percent_of_the_phrasings():
+    misses = [(p["text"], p["expected"], extract_choice(p["text"], p["letters"])) for p in PHRASINGS
+              if extract_choice(p["text"], p["letters"]) != p["expected"]]
+    assert len(misses) <= 0.02 * len(PHRASINGS), misses
+
+
+def test_extraction_never_reads_a_letter_where_a_reader_finds_none_or_another():
+    wrong = [(p["text"], p["expected"], extract_choice(p["text"], p["letters"])) for p in PHRASINGS
+             if extract_choice(p["text"], p["letters"]) not in (None, p["expected"])]
+    assert wrong == []

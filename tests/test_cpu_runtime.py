@@ -9,7 +9,6 @@ import pytest
 import megrez_sglang
 from megrez_sglang import cpu_runtime
 
-
 pytestmark = pytest.mark.skipif(megrez_sglang.DEVICE != "cpu", reason="CPU-host behaviour")
 
 
@@ -37,7 +36,7 @@ def test_other_names_are_missing_so_sglangs_import_fallbacks_apply():
     import sgl_kernel
 
     with pytest.raises(AttributeError, match="CPU-only stand-in"):
-        sgl_kernel.silu_and_mul
+        _ = sgl_kernel.silu_and_mul
     with pytest.raises(ImportError):
         exec("from sgl_kernel import fused_add_rmsnorm")
     with pytest.raises(ImportError):

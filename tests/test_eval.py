@@ -25,8 +25,6 @@ from eval.sandbox import isolation_level, run_program
 
 from .conftest import API_KEY, ROOT
 
-
-
 FIXTURE_MIRROR = Path(__file__).parent / "data" / "benchmarks"  # a few real rows of each set
 HUB_ROWS = Path(__file__).parent / "data" / "hub"  # the same kind of rows in the hub's format
 FULL_ROWS = {"gsm8k": 1319, "math500": 500, "ceval": 1346, "mmlu_pro": 12032, "ifeval": 541,
@@ -202,7 +200,7 @@ def test_humaneval_reference_solutions_pass_the_sandbox(full_data_dir):
     bench = HumanEval()
     items = bench.load(full_data_dir)
     runs = check_all([bench.program(i, i.gold) for i in items])
-    failed = [(i.id, r.output[-300:]) for i, r in zip(items, runs) if not r.passed]
+    failed = [(i.id, r.output[-300:]) for i, r in zip(items, runs, strict=True) if not r.passed]
     assert failed == [] and len(runs) == 164
 
 
@@ -221,7 +219,7 @@ def test_mbpp_reference_solutions_pass_the_sandbox(full_data_dir):
     bench = MBPP()
     items = bench.load(full_data_dir)
     runs = check_all([bench.program(i, i.gold) for i in items])
-    failed = [i.id for i, r in zip(items, runs) if not r.passed]
+    failed = [i.id for i, r in zip(items, runs, strict=True) if not r.passed]
     assert failed == [] and len(runs) == 500
 
 
@@ -283,7 +281,8 @@ def test_free_mode_reads_answers_out_of_text(server, tmp_path):
 def test_a_killed_run_resumes_without_losing_or_duplicating(server, tmp_path, full_data_dir):
     out = tmp_path / "resume"
     args = ["-m", "eval", "--base-url", server.url, "--benchmarks", "mmlu_pro", "--limit", "40",
-            "--concurrency", "1", "--out", str(out), "--data-dir", str(full_data_dir), "--no-progress"]
+            "--concurrency", "1", "--reasoning-max-tokens", "8", "--out", str(out),
+            "--data-dir", str(full_data_dir), "--no-progress"]
     first = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, env={**os.environ, "MEGREZ_API_KEY": API_KEY})
     path = out / "mmlu_pro.jsonl"

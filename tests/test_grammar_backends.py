@@ -4,14 +4,23 @@ import json
 
 import pytest
 
-from .test_programs import is_boxed_answer
+from megrez_sglang.programs.grammars import (
+    BOXED_EBNF,
+    BOXED_MAX_TOKENS,
+    BOXED_REGEX,
+    UnsupportedConstraint,
+    answer_json_regex,
+    answer_json_schema,
+    boxed_constraint,
+    require_support,
+)
 
-from megrez_sglang.programs.grammars import (BOXED_EBNF, BOXED_REGEX, UnsupportedConstraint,
-                                             answer_json_regex, answer_json_schema,
-                                             require_support)
+from .test_programs import is_boxed_answer
 
 PROMPTS = ["1 + 1 =", "答案：", "The final answer is", "世界上最高的山峰是"]
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256}
+# The box's regex bounds its characters, so this many tokens always reach the closing brace.
+BOXED_SAMPLING = {**SAMPLING, "max_new_tokens": BOXED_MAX_TOKENS}
 
 
 @pytest.fixture(params=["xgrammar", "outlines", "llguidance"])
@@ -23,7 +32,7 @@ def backend(request, engines, tiny_checkpoint):
 
 def test_regex_json_schema_and_ebnf_per_backend(backend):
     name, engine = backend
-    boxed = engine.generate(PROMPTS, {**SAMPLING, "regex": BOXED_REGEX})
+    boxed = engine.generate(PROMPTS, {**BOXED_SAMPLING, "regex": BOXED_REGEX})
     assert all(is_boxed_answer(o["text"]) for o in boxed), [o["text"] for o in boxed]
     letters = ["B", "D", "F"]
     regex = engine.generate(PROMPTS, {**SAMPLING, "regex": answer_json_regex(letters)})
@@ -38,7 +47,8 @@ def test_regex_json_schema_and_ebnf_per_backend(backend):
             engine.generate(PROMPTS[0], {**SAMPLING, "ebnf": BOXED_EBNF})
     else:
         require_support(name, "ebnf")
-        ebnf = engine.generate(PROMPTS, {**SAMPLING, "ebnf": BOXED_EBNF})
+        assert boxed_constraint(name) == {"ebnf": BOXED_EBNF}
+        ebnf = engine.generate(PROMPTS, {**BOXED_SAMPLING, "ebnf": BOXED_EBNF})
         assert all(is_boxed_answer(o["text"]) for o in ebnf), [o["text"] for o in ebnf]
 
 

@@ -37,7 +37,7 @@ def test_tensor_parallel_2_on_cpu_matches_tp_1(engines, tiny_checkpoint):
     tp1 = sglang_greedy(engines.get(tiny_checkpoint, dtype="float32"), prompts, batched=True)
     tp2 = sglang_greedy(engines.get(tiny_checkpoint, dtype="float32", tp_size=2), prompts, batched=True)
     assert [t for t, _ in tp2] == [t for t, _ in tp1]
-    assert max(abs(a - b) for (_, l1), (_, l2) in zip(tp1, tp2) for a, b in zip(l1, l2)) < 1e-3
+    assert max(abs(a - b) for (_, l1), (_, l2) in zip(tp1, tp2, strict=True) for a, b in zip(l1, l2, strict=True)) < 1e-3
 
 
 ENGINE_SCRIPT = """

@@ -10,8 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from megrez_sglang.fidelity import (PROMPTS, assert_same_greedy, prompt_ids, reference_greedy,
-                                   reference_logprobs, sglang_greedy)
+from megrez_sglang.fidelity import (
+    PROMPTS,
+    assert_same_greedy,
+    prompt_ids,
+    reference_greedy,
+    reference_logprobs,
+    sglang_greedy,
+)
 
 # Each row: num_key_value_heads, experts_shared_frequency, first_k_dense_replace,
 # n_group/topk_group, routed_scaling_factor, norm_topk_prob, pre_gate (+ routing method).
@@ -65,8 +71,8 @@ def test_publisher_bugs_would_be_caught(checkpoints, engines):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
     def max_deviation():
-        return max(max(abs(a - b) for a, b in zip(reference_logprobs(model, p, t), lp))
-                   for p, (t, lp) in zip(prompts, got))
+        return max(max(abs(a - b) for a, b in zip(reference_logprobs(model, p, t), lp, strict=True))
+                   for p, (t, lp) in zip(prompts, got, strict=True))
 
     assert max_deviation() <= LOGPROB_TOL  # the faithful reference agrees
     layers = model.model.layers
@@ -76,7 +82,7 @@ def test_publisher_bugs_would_be_caught(checkpoints, engines):
             layers[l].mlp.gate.e_score_correction_bias.copy_(
                 layers[model.config.owner_layer(l)].mlp.gate.e_score_correction_bias)
         assert max_deviation() > 100 * LOGPROB_TOL
-        for l, b in zip(range(1, 7), saved):
+        for l, b in zip(range(1, 7), saved, strict=True):
             layers[l].mlp.gate.e_score_correction_bias.copy_(b)
         for l in range(1, 7):  # the demo on CUDA: the factor twice
             layers[l].mlp.routed_scaling_factor = 2.5 * 2.5
@@ -97,7 +103,6 @@ def test_no_standin_placeholder_was_called(standin_trace, tiny_engine):
     engine's scheduler and detokenizer processes carry the trace variable and import the
     stand-in, so a placeholder called there would have written to the file."""
     import psutil
-
     import sgl_kernel
 
     tiny_engine.generate(PROMPTS, {"temperature": 0.7, "max_new_tokens": 8})

@@ -13,7 +13,7 @@ import sglang as sgl
 
 from ..answers import last_boxed, majority_answer, math_equivalent
 from ..prompts import math_prompt
-from . import chat_template  # noqa: F401  (registers the Megrez chat format)
+from . import chat_template  # noqa: F401  (the checkpoint's own chat format for SGLang's lookup)
 from .grammars import BOXED_MAX_TOKENS, BOXED_REGEX
 
 
@@ -65,16 +65,34 @@ def math_self_consistency_program(s, question, k=8, lang="zh", reasoning_max_tok
     branches.join()
 
 
-def _tokens(state, *names) -> int:
-    return sum(state.get_meta_info(n)["completion_tokens"] for n in names if n in state.stream_executor.meta_info)
+def box_content(box: str) -> str | None:
+    """The answer in a box generated under the grammar: everything between ``\\boxed{`` and the
+    final brace (the grammar keeps the braces balanced; the text inside may itself say "\\boxed",
+    which last_boxed would take for another box). A cut-off box: last_boxed's reading."""
+    if box.startswith("\\boxed{") and box.endswith("}"):
+        inner, depth = box[len("\\boxed{"):-1], 0
+        for ch in inner:
+            depth += (ch == "{") - (ch == "}")
+            if depth < 0:
+                break
+        else:
+            if depth == 0:
+                return inner
+    return last_boxed(box)
+
+
+def completion_tokens(state, *names) -> int:
+    """The tokens the program generated for the gen() calls `names` (those that ran)."""
+    meta = state.stream_executor.meta_info
+    return sum(meta[n]["completion_tokens"] for n in names if n in meta)
 
 
 def _result(state, constrained: bool) -> MathResult:
     reasoning = state["reasoning"]
     if constrained:
-        return MathResult(reasoning, last_boxed(state["boxed"]), reasoning + state["boxed"],
-                          _tokens(state, "reasoning", "boxed"))
-    return MathResult(reasoning, last_boxed(reasoning), reasoning, _tokens(state, "reasoning"))
+        return MathResult(reasoning, box_content(state["boxed"]), reasoning + state["boxed"],
+                          completion_tokens(state, "reasoning", "boxed"))
+    return MathResult(reasoning, last_boxed(reasoning), reasoning, completion_tokens(state, "reasoning"))
 
 
 def solve_math(question: str, backend, *, constrained: bool = True, **params) -> MathResult:
@@ -95,6 +113,7 @@ def solve_math_batch(questions: list[str], backend, *, constrained: bool = True,
 def solve_math_self_consistent(question: str, backend, *, k: int = 8, **params) -> MathVote:
     """k samples sharing the prompt prefix; the majority answer, compared by math-verify."""
     state = math_self_consistency_program.run(question=question, k=k, backend=backend, **params)
-    samples = [MathResult(r, last_boxed(b), r + b) for r, b in zip(state["reasoning"], state["boxed"])]
+    samples = [MathResult(r, box_content(b), r + b)
+               for r, b in zip(state["reasoning"], state["boxed"], strict=True)]
     answer, votes = majority_answer([m.answer for m in samples], equivalent=math_equivalent)
     return MathVote(answer, votes, samples, state["branch_cached_tokens"])

@@ -5,50 +5,107 @@
     math = openai_math(client, "megrez-moe", "1+1=?")          # .reasoning, .answer, .text
     mc = openai_choice(client, "megrez-moe", "Which ...?", ["...", "...", "..."])   # .letter
 
-Math takes two requests: free reasoning stopped at the model's own ``\\boxed`` (or the budget),
-then the same conversation continued (SGLang's ``continue_final_message``) under the ``\\boxed``
-regex (``extra_body={"regex": ...}``). Multiple choice is one request with ``response_format`` =
-a JSON schema whose ``answer`` is an enum of the item's letters.
+Both reason first and then continue the same conversation (SGLang's ``continue_final_message``)
+under a constraint, as the frontend-language programs do:
+
+* math: free reasoning stopped at the model's own ``\\boxed`` (or the budget), then the box under
+  the server's grammar backend's form of it (``boxed_constraint``: the recursive EBNF on xgrammar
+  and llguidance, the finite regex on outlines) in ``extra_body``;
+* multiple choice: free reasoning stopped where the model starts its own answer object (or the
+  budget), then the object (or its rest, after the model's own opening brace) under the answer
+  regex with only the item's letters. ``reasoning_max_tokens=0`` (or a model that answers at
+  once) is one request with ``response_format`` = a JSON schema whose ``answer`` is an enum of the
+  item's letters.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
 
-from ..answers import last_boxed
 from ..prompts import choice_prompt, math_prompt, option_letters
-from .choice import ChoiceResult
-from .grammars import BOXED_MAX_TOKENS, BOXED_REGEX, answer_json_schema
-from .math import MathResult
+from .choice import (
+    ANSWER_MAX_TOKENS,
+    REASONING_MAX_TOKENS,
+    REASONING_STOPS,
+    ChoiceResult,
+    answer_letter,
+    opens_answer_object,
+)
+from .grammars import BOXED_MAX_TOKENS, answer_json_regex, answer_json_schema, boxed_constraint
+from .math import MathResult, box_content
 
 CARD_SAMPLING = {"temperature": 0.7, "top_p": 0.9}
 
 
+@cache
+def _grammar_backend(base_url: str, api_key: str) -> str | None:
+    import requests
+
+    try:
+        r = requests.get(f"{base_url}/server_info", timeout=10,
+                         headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        return r.json().get("grammar_backend") if r.status_code == 200 else None
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def server_grammar_backend(client) -> str | None:
+    """The grammar backend of the SGLang server behind `client` (its /server_info), or None when
+    the server does not say (then the regex form, which every backend compiles, is used)."""
+    root = str(client.base_url).rstrip("/").removesuffix("/v1")
+    return _grammar_backend(root, client.api_key)
+
+
+def _continue(client, model, messages, reasoning, **kwargs):
+    """The assistant turn `reasoning` continued (not a new turn)."""
+    extra = {"continue_final_message": True, **kwargs.pop("extra_body", {})}
+    return client.chat.completions.create(
+        model=model, messages=messages + [{"role": "assistant", "content": reasoning}],
+        extra_body=extra, **kwargs)
+
+
 def boxed_math_reply(client, model: str, messages: list[dict], *, reasoning_max_tokens: int = 512,
-                     **sampling) -> MathResult:
-    """Reasoning, then the final answer under the \\boxed regex, for any conversation."""
+                     grammar_backend: str | None = None, **sampling) -> MathResult:
+    """Reasoning, then the final answer forced into \\boxed{...}, for any conversation.
+    `grammar_backend`: the server's (asked from the server when not given)."""
     sampling = {**CARD_SAMPLING, **sampling}
     first = client.chat.completions.create(model=model, messages=messages, stop=["\\boxed"],
                                            max_tokens=reasoning_max_tokens, **sampling)
     reasoning = first.choices[0].message.content or ""
-    extra = {"regex": BOXED_REGEX, "continue_final_message": True, **sampling.pop("extra_body", {})}
-    second = client.chat.completions.create(
-        model=model, messages=messages + [{"role": "assistant", "content": reasoning}],
-        max_tokens=BOXED_MAX_TOKENS, extra_body=extra, **sampling)
+    constraint = boxed_constraint(grammar_backend or server_grammar_backend(client))
+    extra = {**constraint, **sampling.pop("extra_body", {})}
+    second = _continue(client, model, messages, reasoning, max_tokens=BOXED_MAX_TOKENS,
+                       extra_body=extra, **sampling)
     boxed = second.choices[0].message.content or ""
-    return MathResult(reasoning, last_boxed(boxed), reasoning + boxed,
+    return MathResult(reasoning, box_content(boxed), reasoning + boxed,
                       first.usage.completion_tokens + second.usage.completion_tokens)
 
 
-def choice_reply(client, model: str, messages: list[dict], letters, **sampling) -> ChoiceResult:
-    """The answer object, its letter restricted to `letters` by a JSON schema."""
+def choice_reply(client, model: str, messages: list[dict], letters, *,
+                 reasoning_max_tokens: int = REASONING_MAX_TOKENS, **sampling) -> ChoiceResult:
+    """Reasoning within `reasoning_max_tokens`, then the answer object, its letter restricted to
+    `letters` (by the answer regex after reasoning, by a JSON schema without)."""
     sampling = {**CARD_SAMPLING, **sampling}
-    r = client.chat.completions.create(
-        model=model, messages=messages, max_tokens=32, **sampling,
-        response_format={"type": "json_schema", "json_schema": {
-            "name": "choice", "schema": answer_json_schema(list(letters)), "strict": True}})
-    text = r.choices[0].message.content or ""
-    return ChoiceResult(json.loads(text)["answer"], "", text, r.usage.completion_tokens)
+    schema = {"type": "json_schema", "json_schema": {
+        "name": "choice", "schema": answer_json_schema(list(letters)), "strict": True}}
+    reasoning, tokens = "", 0
+    if reasoning_max_tokens > 0:
+        first = client.chat.completions.create(model=model, messages=messages, stop=REASONING_STOPS,
+                                               max_tokens=reasoning_max_tokens, **sampling)
+        reasoning, tokens = first.choices[0].message.content or "", first.usage.completion_tokens
+    if reasoning.strip():
+        regex = answer_json_regex(list(letters), opened=opens_answer_object(reasoning))
+        r = _continue(client, model, messages, reasoning, max_tokens=ANSWER_MAX_TOKENS,
+                      extra_body={"regex": regex, **sampling.pop("extra_body", {})}, **sampling)
+        text = r.choices[0].message.content or ""
+        letter = answer_letter(text)
+    else:  # no reasoning asked for, or the model went straight to its answer
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=ANSWER_MAX_TOKENS,
+                                           response_format=schema, **sampling)
+        text = r.choices[0].message.content or ""
+        letter = json.loads(text)["answer"]
+    return ChoiceResult(letter, reasoning, reasoning + text, tokens + r.usage.completion_tokens)
 
 
 def openai_math(client, model: str, question: str, *, lang: str = "zh",
@@ -57,6 +114,8 @@ def openai_math(client, model: str, question: str, *, lang: str = "zh",
                             reasoning_max_tokens=reasoning_max_tokens, **sampling)
 
 
-def openai_choice(client, model: str, question: str, options, *, lang: str = "zh", **sampling) -> ChoiceResult:
+def openai_choice(client, model: str, question: str, options, *, lang: str = "zh",
+                  **sampling) -> ChoiceResult:
+    """`sampling` may set reasoning_max_tokens (0: the answer object directly)."""
     return choice_reply(client, model, [{"role": "user", "content": choice_prompt(question, options, lang)}],
                         option_letters(options), **sampling)

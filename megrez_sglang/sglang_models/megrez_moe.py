@@ -1,6 +1,6 @@
 """Megrez2 (MegrezMoeForCausalLM) for SGLang 0.5.23, built from SGLang's own layers.
 
-The module tree mirrors the checkpoint (see the architecture note), so load_weights is a short
+The module tree mirrors the checkpoint (see docs/architecture.md), so load_weights is a short
 mapping. What is particular to Megrez2 (tech report, sections 3.3-3.4):
 
 * Cross-layer expert sharing: one FusedMoE per sharing group, built and registered only at the
@@ -24,12 +24,10 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from sglang.srt.layers.activation import SiluAndMul
 from sglang.srt.layers.layer_boundary import append_stages, declare_attn, declare_ffn
 from sglang.srt.layers.layer_boundary.residual import batch as residual_batch
@@ -48,6 +46,7 @@ from sglang.srt.model_loader.weight_utils import default_weight_loader
 from sglang.srt.runtime_context import get_exec, get_flags, get_parallel
 from sglang.srt.utils import add_prefix, make_layers
 from sglang.srt.utils.hf_transformers.common import get_rope_config
+from torch import nn
 
 from ..config import MegrezMoeConfig
 from ..reference import checkpoint_layout
@@ -60,7 +59,7 @@ class MegrezMoeMLP(nn.Module):
     over tensor parallelism: the layer's FFN boundary completes the sum."""
 
     def __init__(self, hidden_size: int, intermediate_size: int,
-                 quant_config: Optional[QuantizationConfig], prefix: str):
+                 quant_config: QuantizationConfig | None, prefix: str):
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(
             hidden_size, [intermediate_size] * 2, bias=False, quant_config=quant_config,
@@ -109,8 +108,8 @@ class MegrezMoeSparseBlock(nn.Module):
         self,
         config: MegrezMoeConfig,
         layer_id: int,
-        group_experts: Optional[FusedMoE],
-        quant_config: Optional[QuantizationConfig],
+        group_experts: FusedMoE | None,
+        quant_config: QuantizationConfig | None,
         prefix: str,
     ):
         super().__init__()
@@ -180,7 +179,7 @@ class MegrezMoeSparseBlock(nn.Module):
 
 class MegrezMoeAttention(nn.Module):
     def __init__(self, config: MegrezMoeConfig, layer_id: int,
-                 quant_config: Optional[QuantizationConfig], prefix: str):
+                 quant_config: QuantizationConfig | None, prefix: str):
         super().__init__()
         attn_tp_size = get_parallel().attn_tp_size
         self.total_num_heads = config.num_attention_heads
@@ -235,8 +234,8 @@ class MegrezMoeDecoderLayer(nn.Module):
         self,
         config: MegrezMoeConfig,
         layer_id: int,
-        group_experts: Optional[FusedMoE],
-        quant_config: Optional[QuantizationConfig],
+        group_experts: FusedMoE | None,
+        quant_config: QuantizationConfig | None,
         prefix: str,
     ):
         super().__init__()
@@ -273,7 +272,7 @@ class MegrezMoeDecoderLayer(nn.Module):
         positions: torch.Tensor,
         hidden_states: torch.Tensor,
         forward_batch: ForwardBatch,
-        pre_gate_hidden: Optional[torch.Tensor],
+        pre_gate_hidden: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (the layer's output, its post-attention-norm output u_l for the next router)."""
         hidden_states = self.attn_boundary.prepare(hidden_states, forward_batch)
@@ -292,7 +291,7 @@ class MegrezMoeDecoderLayer(nn.Module):
 
 
 class MegrezMoeModel(nn.Module):
-    def __init__(self, config: MegrezMoeConfig, quant_config: Optional[QuantizationConfig],
+    def __init__(self, config: MegrezMoeConfig, quant_config: QuantizationConfig | None,
                  prefix: str = ""):
         super().__init__()
         self.config = config
@@ -319,7 +318,7 @@ class MegrezMoeModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                forward_batch: ForwardBatch, input_embeds: Optional[torch.Tensor] = None):
+                forward_batch: ForwardBatch, input_embeds: torch.Tensor | None = None):
         hidden_states = self.embed_tokens(input_ids) if input_embeds is None else input_embeds
         residual_batch.start(forward_batch)
         pre_gate_hidden = None
@@ -333,7 +332,7 @@ class MegrezMoeModel(nn.Module):
 class MegrezMoeForCausalLM(nn.Module):
     fall_back_to_pt_during_load = False
 
-    def __init__(self, config: MegrezMoeConfig, quant_config: Optional[QuantizationConfig] = None,
+    def __init__(self, config: MegrezMoeConfig, quant_config: QuantizationConfig | None = None,
                  prefix: str = ""):
         super().__init__()
         _check_parallel_setup(config)
@@ -349,7 +348,7 @@ class MegrezMoeForCausalLM(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                forward_batch: ForwardBatch, input_embeds: Optional[torch.Tensor] = None):
+                forward_batch: ForwardBatch, input_embeds: torch.Tensor | None = None):
         hidden_states = self.model(input_ids, positions, forward_batch, input_embeds)
         return self.logits_processor(input_ids, hidden_states, self.lm_head, forward_batch)
 
