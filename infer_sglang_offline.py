@@ -7,7 +7,8 @@ Without MODEL_PATH it uses the tiny Megrez2 trained in this project and shipped 
 card's demos, short facts, two-digit arithmetic and multiple choice), so the demos print real
 answers. MODEL_PATH is a local Megrez2 checkpoint directory or a Hugging Face hub id (downloaded
 where the machine is online). Sampling defaults to the card's temperature 0.7 and top_p 0.9. The
-device is CUDA with FlashInfer attention when torch sees a GPU, otherwise SGLang's CPU path (--device overrides).
+device is CUDA with FlashInfer attention when torch sees a GPU, otherwise SGLang's CPU path
+(--device overrides).
 """
 
 from __future__ import annotations
