@@ -281,6 +281,24 @@ def test_unconstrained_format_share_is_measured_at_the_cards_sampling(engine_rep
     assert result["math"]["well_formed"] >= 80 and result["choice"]["well_formed"] >= 80
 
 
+# --- the main job (its own engine) ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_main_job_answers_the_cards_demos(request):
+    """infer_sglang_offline.py with no arguments: the trained checkpoint, the card's sampling."""
+    request.getfixturevalue("engines").close()  # one engine alive at a time on the machine
+    r = subprocess.run([sys.executable, str(ROOT / "infer_sglang_offline.py")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    blocks = r.stdout.split("[chat] ")
+    completion, chat = blocks[0], blocks[1]
+    assert completion.startswith(f"[completion] {CARD_COMPLETION}\n")
+    assert "珠穆朗玛峰" in completion.split("\n", 1)[1]
+    assert chat.startswith(f"{CARD_CHAT}\n")
+    reply = chat.split("\n", 1)[1].strip()
+    assert "珠穆朗玛峰" in reply and reply.endswith("。"), reply
+
+
 # --- own server (float32): the whole pipeline -----------------------------------------------------------
 
 PIPELINE_ITEMS = 16  # per benchmark
@@ -348,18 +366,3 @@ def test_grammars_make_every_reply_well_formed(trained_server, tmp_path):
             assert all(a in "ABCD" and len(a) == 1 for a in answers), answers
         shares[name] = 100 * sum(r["correct"] for r in records.values()) / len(records)
     print(f"held-out under the grammars (float32, greedy): 100 % well-formed, accuracy {shares}")
-
-
-@pytest.mark.slow
-def test_the_main_job_answers_the_cards_demos():
-    """infer_sglang_offline.py with no arguments: the trained checkpoint, the card's sampling."""
-    r = subprocess.run([sys.executable, str(ROOT / "infer_sglang_offline.py")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    blocks = r.stdout.split("[chat] ")
-    completion, chat = blocks[0], blocks[1]
-    assert completion.startswith(f"[completion] {CARD_COMPLETION}\n")
-    assert "珠穆朗玛峰" in completion.split("\n", 1)[1]
-    assert chat.startswith(f"{CARD_CHAT}\n")
-    reply = chat.split("\n", 1)[1].strip()
-    assert "珠穆朗玛峰" in reply and reply.endswith("。"), reply
