@@ -6,10 +6,10 @@ Three kinds of items, Chinese and English, each a user message (built with the c
 * **math**: two-digit addition and subtraction word problems; the reply works the columns
   (ones, then tens, with the carry or borrow), states the result and ends with ``\\boxed{N}``
   on a line of its own;
-* **choice**: four lettered options (which word belongs to a category, which does not, which
-  number is even / odd, which sum of two digits has a one-digit value); the reply states the
-  value looked for, goes through the options in order (each one's value and a verdict) until the
-  right one, names its letter, then gives ``{"answer": "<letter>"}`` on a line of its own;
+* **choice**: four lettered options (which word belongs to a category, which number is even /
+  odd, which sum of two digits has a one-digit value); the reply writes each option's value
+  followed by its letter, then the value looked for followed by the letter that held it, then
+  ``{"answer": "<letter>"}`` on a line of its own;
 * **fact**: the card's two demos (「世界上最高的山峰是」 → 珠穆朗玛峰) and a few dozen short
   factual completions and questions like them, as raw completions and as chats.
 
@@ -142,7 +142,7 @@ CATEGORIES = {
                                  ("乒乓球", "table tennis"), ("游泳", "swimming"), ("网球", "tennis"),
                                  ("排球", "volleyball")]),
 }
-CHOICE_KINDS = ("member", "non_member", "even", "odd", "sum")
+CHOICE_KINDS = ("member", "even", "odd", "sum")
 
 
 def answer_object(letter: str) -> str:
@@ -166,29 +166,23 @@ def choice_item(rng: random.Random, lang: str, kind: str | None = None,
                 position: int | None = None) -> TaskItem:
     """A random item (of `kind`, with the right option at `position`, when given).
 
-    The reply first states what is looked for as one value (a category, 不是 + a category,
-    even / odd, a number), then goes through the options in order: each option's value, then a
-    verdict (is it the one looked for), and stops at the right one with its letter; then the
-    answer object. Each verdict compares the value just written with the value stated at the top
-    of the reply, a decision a tiny model learns (the earlier formats, a note per option without
-    the target restated, stayed at chance)."""
+    The reply goes through the options, writing each one's value (its category, even / odd, the
+    sum) followed by the option's letter, then the value looked for and, after it, the letter
+    that followed that value above; then the answer object. Exactly one option holds the value
+    looked for, so the last step is a lookup (find the earlier occurrence of this token, copy what
+    came after it: what induction heads do); a per-option yes / no verdict, which needs the model to
+    compare two category tokens, stayed near chance for categories and sums after 1600 steps."""
     kind = kind or rng.choice(CHOICE_KINDS)
     zh = lang == "zh"
-    if kind in ("member", "non_member"):
-        cat, other = rng.sample(sorted(CATEGORIES), 2)
+    if kind == "member":
+        cat = rng.choice(sorted(CATEGORIES))
         zh_cat, en_cat, members = CATEGORIES[cat]
         others = [w for c in sorted(CATEGORIES) if c != cat for w in CATEGORIES[c][2]]
-        if kind == "member":
-            right, wrong = rng.choice(members), rng.sample(others, 3)
-            question = f"下列哪一项是{zh_cat}？" if zh else f"Which of the following is {en_cat}?"
-            target = _category_word(cat, lang)
-        else:
-            right, wrong = rng.choice(CATEGORIES[other][2]), rng.sample(members, 3)
-            question = f"下列哪一项不是{zh_cat}？" if zh else f"Which of the following is not {en_cat}?"
-            target = ("不是 " if zh else "not ") + _category_word(cat, lang)
+        right, wrong = rng.choice(members), rng.sample(others, 3)
+        question = f"下列哪一项是{zh_cat}？" if zh else f"Which of the following is {en_cat}?"
+        target = _category_word(cat, lang)
         right_option, wrong_options = _word(right, lang), [_word(w, lang) for w in wrong]
-        notes = {_word(w, lang): f"{_word(w, lang)}{'： ' if zh else ': '}"
-                 f"{_category_word(_category_of(w), lang)}" for w in [right, *wrong]}
+        values = {_word(w, lang): _category_word(_category_of(w), lang) for w in [right, *wrong]}
     elif kind in ("even", "odd"):
         evens, odds = range(10, 100, 2), range(11, 100, 2)
         right_pool, wrong_pool = (evens, odds) if kind == "even" else (odds, evens)
@@ -197,9 +191,8 @@ def choice_item(rng: random.Random, lang: str, kind: str | None = None,
         question = f"下列哪个数是{word[0]}？" if zh else f"Which of the following numbers is {word[1]}?"
         target = word[0] if zh else word[1]
         right_option, wrong_options = str(right_n), [str(n) for n in wrong_ns]
-        notes = {str(n): f"{n}{'： ' if zh else ': '}" + (("偶数" if zh else "even") if n % 2 == 0
-                                                         else ("奇数" if zh else "odd"))
-                 for n in [right_n, *wrong_ns]}
+        values = {str(n): ("偶数" if zh else "even") if n % 2 == 0 else ("奇数" if zh else "odd")
+                  for n in [right_n, *wrong_ns]}
     else:  # sum: which expression of two one-digit numbers has the given (one-digit) value
         pairs = [(a, b) for a in range(1, 9) for b in range(1, 9) if a + b <= 9]
         right_pair = rng.choice(pairs)
@@ -208,16 +201,14 @@ def choice_item(rng: random.Random, lang: str, kind: str | None = None,
         question = f"下列哪个算式的结果是{total}？" if zh else f"Which of the following equals {total}?"
         target = str(total)
         right_option, wrong_options = "{} + {}".format(*right_pair), [f"{a} + {b}" for a, b in wrong_pairs]
-        notes = {f"{a} + {b}": f"{a} + {b} = {a + b}" for a, b in [right_pair, *wrong_pairs]}
+        values = {f"{a} + {b}": str(a + b) for a, b in [right_pair, *wrong_pairs]}
     options = list(wrong_options)
     position = rng.randrange(4) if position is None else position
     options.insert(position, right_option)
     letter = LETTERS[position]
-    yes, no = ("对", "不对") if zh else ("yes", "no")
-    lines = [f"要找： {target}。" if zh else f"Looking for: {target}."]
-    lines += [f"{l}. {notes[o]}{'，' if zh else ', '}{yes if l == letter else no}{'。' if zh else '.'}"
-              for l, o in zip(LETTERS[: position + 1], options, strict=False)]
-    lines.append(f"所以答案是 {letter}。" if zh else f"So the answer is {letter}.")
+    sep = " = " if kind == "sum" else ("： " if zh else ": ")
+    lines = [f"{l}. {o}{sep}{values[o]} {l}" for l, o in zip(LETTERS, options, strict=True)]
+    lines.append(f"要找： {target} {letter}。" if zh else f"Looking for: {target} {letter}.")
     reply = "\n".join(lines) + f"\n{answer_object(letter)}"
     key = ("choice", lang, question, tuple(options))
     return TaskItem("choice", lang, choice_prompt(question, options, lang), reply, letter, key,

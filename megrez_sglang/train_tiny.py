@@ -52,7 +52,7 @@ MODEL = dict(
 )
 TOKENIZER_VOCAB = 2000
 # The share of each kind in a batch (the rest: facts, demos and greetings).
-MIX = {"math": 0.5, "choice": 0.4}
+MIX = {"math": 0.45, "choice": 0.47}
 OTHER_SYSTEM_SHARE = 0.1  # chats sent with a system prompt other than the template's default
 BIAS_RATE = 1e-3  # DeepSeek-V3's bias update speed
 HELD_OUT_ITEMS = 64  # per kind, as the eval's tiny_math / tiny_choice
