@@ -290,6 +290,7 @@ def test_the_main_job_answers_the_cards_demos(request):
     r = subprocess.run([sys.executable, str(ROOT / "infer_sglang_offline.py")], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    print(r.stdout)
     blocks = r.stdout.split("[chat] ")
     completion, chat = blocks[0], blocks[1]
     assert completion.startswith(f"[completion] {CARD_COMPLETION}\n")
