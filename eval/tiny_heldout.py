@@ -6,9 +6,8 @@ Two benchmarks, generated (no data files) by the generator the tiny model was tr
 * ``tiny_math``: 64 two-digit addition / subtraction word problems and computations, half
   Chinese, half English, with the card's math instruction; the answer is the last ``\\boxed{}``,
   graded as a number (GSM8K's rule);
-* ``tiny_choice``: 64 four-option questions (category membership and non-membership, even /
-  odd number, which sum has a value) with the card's answer-field instruction; graded on the
-  letter.
+* ``tiny_choice``: 64 four-option questions (which word is in a category, which number is even
+  / odd, which sum has a value) with the card's answer-field instruction; graded on the letter.
 
 The trained checkpoint (``megrez_sglang/checkpoints/tiny-trained``) scores well above chance on
 both; a random-weight checkpoint scores about 0 % and 25 %. Not among the card's benchmarks:
