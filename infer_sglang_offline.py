@@ -27,12 +27,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("model_path", nargs="?", help="Megrez2 checkpoint directory or hub id "
                    "(default: the project's trained tiny checkpoint)")
     p.add_argument("--prompt", action="append", help="text to complete (repeatable)")
-    p.add_argument("--chat", action="append", help="a user message, sent through the chat template (repeatable)")
+    p.add_argument("--chat", action="append",
+                   help="a user message, sent through the chat template (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible samples)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size")
+    p.add_argument("--dp", type=int, default=1, help="data parallel size (replicas; the prompts are "
+                   "spread over them)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
@@ -45,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--temperature must be >= 0, got {args.temperature}")
     if args.tp < 1:
         p.error(f"--tp must be >= 1, got {args.tp}")
+    if args.dp < 1:
+        p.error(f"--dp must be >= 1, got {args.dp}")
     return args
 
 
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    engine_kwargs = {"tp_size": args.tp, "log_level": "error"}
+    engine_kwargs = {"tp_size": args.tp, "dp_size": args.dp, "log_level": "error"}
     if args.seed is not None:
         engine_kwargs["random_seed"] = args.seed
     engine = start_engine(model, **engine_kwargs)

@@ -86,7 +86,8 @@ def main() -> int:
     bandwidth = copy_bandwidth_gb_s()
     roofline = bandwidth * 1e9 / active_bytes
     print(f"{torch.cuda.get_device_name()}: copy bandwidth {bandwidth:.0f} GB/s; "
-          f"{active_bytes / 1e9:.2f} GB of weights per decoded token -> roofline {roofline:.0f} tokens/s at batch 1")
+          f"{active_bytes / 1e9:.2f} GB of weights per decoded token -> "
+          f"roofline {roofline:.0f} tokens/s at batch 1")
     rows, records = [], []
     with tempfile.TemporaryDirectory() as tmp:
         model = str(build_checkpoint(Path(tmp) / "real", "real-config"))
@@ -105,7 +106,8 @@ def main() -> int:
                     rows.append([backend, batch, tps, per_seq, 100 * per_seq / roofline])
                     records.append({"attention_backend": backend, "batch": batch, "tokens_per_s": tps,
                                     "engine_gpu_memory_mib": memory,
-                                    "steps_per_s": per_seq, "percent_of_batch1_roofline": 100 * per_seq / roofline})
+                                    "steps_per_s": per_seq,
+                                    "percent_of_batch1_roofline": 100 * per_seq / roofline})
             finally:
                 engine.shutdown()
     print_table("Decode at the real shapes, dummy bf16 weights", ["attention", "batch", "tokens/s",

@@ -74,12 +74,14 @@ def main() -> int:
                 ["model", "source", "shared", "unshared", "unshared / shared"], [
                     ["real config", "computed, bf16", f"{real['bytes_shared_bf16'] / gib:.2f} GiB "
                      f"({real['params_shared'] / 1e9:.2f} B)", f"{real['bytes_unshared_bf16'] / gib:.2f} GiB "
-                     f"({real['params_unshared'] / 1e9:.2f} B)", real["params_unshared"] / real["params_shared"]],
+                     f"({real['params_unshared'] / 1e9:.2f} B)",
+                     real["params_unshared"] / real["params_shared"]],
                     [Path(model).name, "measured, loaded bf16", f"{small['loaded_bytes'] / 2**20:.1f} MiB",
                      f"{small['loaded_bytes_if_unshared'] / 2**20:.1f} MiB",
                      small["loaded_bytes_if_unshared"] / small["loaded_bytes"]],
                 ])
-    print(f"\n{Path(model).name}: loaded {small['loaded_bytes']:,} bytes, checkpoint {small['checkpoint_bytes']:,} "
+    print(f"\n{Path(model).name}: loaded {small['loaded_bytes']:,} bytes, "
+          f"checkpoint {small['checkpoint_bytes']:,} "
           "bytes (the difference: vocabulary rows padded to a multiple of 64)")
     print_table("KV cache per token (K and V, every layer, bf16)", ["model", "bytes/token", "KiB/token",
                                                                     "GiB per 32K-token context"], [

@@ -37,7 +37,8 @@ def subject_rows(data_dir: Path | None, subjects: int) -> dict[str, dict[str, li
             with path.open(newline="", encoding="utf-8") as f:
                 return list(csv.DictReader(f))
 
-        names = [p.name.removesuffix("_val.csv") for p in sorted((data_dir / "ceval" / "val").glob("*_val.csv"))]
+        val_files = sorted((data_dir / "ceval" / "val").glob("*_val.csv"))
+        names = [p.name.removesuffix("_val.csv") for p in val_files]
         return {s: {split: read(data_dir / "ceval" / split / f"{s}_{split}.csv") for split in ("dev", "val")}
                 for s in names[:subjects]}
     from datasets import get_dataset_config_names, load_dataset
@@ -87,13 +88,15 @@ def main() -> int:
     cached = measure(model, prompts, disable_radix_cache=False)
     uncached = measure(model, prompts, disable_radix_cache=True)
     rows_ = [["radix cache on", cached["prompt_tokens"], cached["prefill_tokens_computed"], cached["wall_s"]],
-             ["--disable-radix-cache", uncached["prompt_tokens"], uncached["prefill_tokens_computed"], uncached["wall_s"]]]
+             ["--disable-radix-cache", uncached["prompt_tokens"], uncached["prefill_tokens_computed"],
+              uncached["wall_s"]]]
     print_table(f"5-shot C-Eval, {len(prompts)} requests ({args.subjects} subjects, "
                 f"{args.questions or 'all'} questions each), "
                 f"{Path(model).name}", ["", "prompt tokens", "prefill tokens computed", "wall s"], rows_)
     token_ratio = uncached["prefill_tokens_computed"] / cached["prefill_tokens_computed"]
     time_ratio = uncached["wall_s"] / cached["wall_s"]
-    print(f"\nprefill tokens: {token_ratio:.2f}x fewer with the radix cache; wall time: {time_ratio:.2f}x faster")
+    print(f"\nprefill tokens: {token_ratio:.2f}x fewer with the radix cache; "
+          f"wall time: {time_ratio:.2f}x faster")
     write_json("radix_cache", {"model": model, "requests": len(prompts), "with_cache": cached,
                                "without_cache": uncached, "prefill_token_ratio": token_ratio,
                                "wall_time_ratio": time_ratio}, args.out)

@@ -20,7 +20,8 @@ def machine() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__,
             "cpu_cores": os.cpu_count(), "platform": platform.platform()}
     try:
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                           if l.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
     info.update(package_versions())
@@ -30,7 +31,8 @@ def machine() -> dict:
 
 
 def print_table(title: str, headers: list[str], rows: list[list]) -> None:
-    cells = [[str(h) for h in headers]] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r]
+                                           for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     print(f"\n{title}")
     for i, r in enumerate(cells):

@@ -38,8 +38,9 @@ from .report import print_table, write_json
 
 # at least 600 characters of free text: the string stays open for the whole --new-tokens
 FREE_TEXT_OBJECT = r'\{"reasoning": "[^"\\\x00-\x1f]{600,}"\}'
-PROMPTS = ["请逐步推理：小明有3个苹果，又买了5个，现在有多少个？", "Please reason step by step: what is 12 * 7?",
-           "世界上最高的山峰是哪座？", "Explain the difference between a list and a tuple.",
+PROMPTS = ["请逐步推理：小明有3个苹果，又买了5个，现在有多少个？",
+           "Please reason step by step: what is 12 * 7?", "世界上最高的山峰是哪座？",
+           "Explain the difference between a list and a tuple.",
            "北京是中华人民共和国的首都。", "The quick brown fox", "答案：", "def sum_of_squares(numbers):"]
 
 

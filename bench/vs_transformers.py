@@ -21,8 +21,9 @@ from megrez_sglang.engine import start_engine
 
 from .report import print_table, write_json
 
-PROMPTS = ["世界上最高的山峰是", "Please reason step by step: what is 12 * 7?", "北京是中华人民共和国的首都，也是",
-           "The quick brown fox", "def sum_of_squares(numbers):", "请逐步推理，并将最终答案放在\\boxed{}中。",
+PROMPTS = ["世界上最高的山峰是", "Please reason step by step: what is 12 * 7?",
+           "北京是中华人民共和国的首都，也是", "The quick brown fox", "def sum_of_squares(numbers):",
+           "请逐步推理，并将最终答案放在\\boxed{}中。",
            "Explain mixture-of-experts models.", "答案："]
 
 
@@ -75,7 +76,8 @@ def main() -> int:
     hf = {b: transformers_rate(model, tokenizer, prompt_sets[b], args.new_tokens) for b in batches}
 
     rows = [[b, hf[b], sglang[b], sglang[b] / hf[b]] for b in batches]
-    print_table(f"Greedy decode, {args.new_tokens} new tokens per prompt ({Path(model_path).name}, {args.dtype})",
+    print_table(f"Greedy decode, {args.new_tokens} new tokens per prompt "
+                f"({Path(model_path).name}, {args.dtype})",
                 ["batch", "transformers tok/s", "SGLang tok/s", "SGLang / transformers"], rows)
     write_json("vs_transformers", {"model": model_path, "dtype": args.dtype, "new_tokens": args.new_tokens,
                                    "results": [{"batch": b, "transformers_tokens_per_s": hf[b],

@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     try:
         sampler = ServerSampler(base_url, config, api_key=args.api_key)
         info = {
-            "model": model_name or sampler.model_path(), "served_model": sampler.model, "server": base_url, "sampling": config.as_dict(),
+            "model": model_name or sampler.model_path(), "served_model": sampler.model, "server": base_url,
+            "sampling": config.as_dict(),
             "samples": args.samples, "limit": args.limit,
             "data": "hub" if data_dir is None else str(data_dir.resolve()),
             "benchmarks": names, "versions": package_versions(), "git_commit": git_revision(),

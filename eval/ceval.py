@@ -32,7 +32,8 @@ class CEval(ChoiceBenchmark):
 
         items = []
         for subject in get_dataset_config_names("ceval/ceval-exam"):
-            items += [self._item(subject, row) for row in load_dataset("ceval/ceval-exam", subject, split="val")]
+            rows = load_dataset("ceval/ceval-exam", subject, split="val")
+            items += [self._item(subject, row) for row in rows]
         return items
 
     @staticmethod

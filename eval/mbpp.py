@@ -21,7 +21,8 @@ class MBPP(CodeBenchmark):
     max_tokens = 768
 
     def load(self, data_dir):
-        rows = {r["task_id"]: r for r in map(json.loads, require_file(data_dir / "mbpp" / "mbpp.jsonl").open())}
+        lines = require_file(data_dir / "mbpp" / "mbpp.jsonl").open()
+        rows = {r["task_id"]: r for r in map(json.loads, lines)}
         return self._items(rows)
 
     def load_from_hub(self):
@@ -29,7 +30,8 @@ class MBPP(CodeBenchmark):
 
         rows = {}
         for split in ("prompt", "test"):  # task ids 1-10 (the shots) and 11-510
-            rows.update({r["task_id"]: r for r in load_dataset("google-research-datasets/mbpp", "full", split=split)})
+            split_rows = load_dataset("google-research-datasets/mbpp", "full", split=split)
+            rows.update({r["task_id"]: r for r in split_rows})
         return self._items(rows)
 
     def _items(self, rows):

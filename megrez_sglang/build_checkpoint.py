@@ -6,8 +6,9 @@
 Writes config.json (the real field set, transformers-4 layout with auto_map), safetensors of the
 reference model's seeded random weights under the real tensor names (bfloat16; the correction
 biases float32), generation_config.json (the card's sampling), a tokenizer trained here
-(see megrez_sglang.tokenizer) and megrez_sglang.json, which says the weights are random. ``real-config`` writes the config and tokenizer only, at the real
-shapes. The same arguments give byte-identical files.
+(see megrez_sglang.tokenizer) and megrez_sglang.json, which says the weights are random.
+``real-config`` writes the config and tokenizer only, at the real shapes. The same arguments give
+byte-identical files.
 """
 
 from __future__ import annotations
@@ -184,7 +185,8 @@ def build_checkpoint(
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MEGREZ_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "megrez-sglang")
+    return Path(os.environ.get("MEGREZ_CACHE")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "megrez-sglang")
 
 
 def cached_checkpoint(preset: str = "tiny", seed: int = 0) -> Path:

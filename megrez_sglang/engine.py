@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,44 @@ def raise_engine_start_error(*_args) -> None:
     raise EngineStartError("SGLang's scheduler failed to start: see the log above")
 
 
-def engine_args(model_path: str, *, device: str | None = None, tp_size: int = 1,
-                **overrides: Any) -> dict[str, Any]:
-    """Keyword arguments for ``sglang.Engine`` / ``ServerArgs`` for this host. An override
-    wins, ``context_length=None`` included (the checkpoint's full max_position_embeddings)."""
+CPU_THREADS_BIND_ENV = "SGLANG_CPU_OMP_THREADS_BIND"
+
+
+def cpu_threads_binding(ranks: int, cpus: Sequence[int] | None = None) -> str:
+    """SGLANG_CPU_OMP_THREADS_BIND for `ranks` SGLang ranks on `cpus` (default: the CPUs this
+    process may run on): entry i (``|``-separated) is the CPU set of the rank whose device id is
+    i. The CPUs are split into contiguous groups as evenly as possible; with more ranks than
+    CPUs, ranks share them round-robin. Unless this is set, SGLang asserts on a CPU host that the
+    dp x tp ranks do not outnumber the NUMA nodes (a development machine has one)."""
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    if cpus is None:
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    cpus = sorted(cpus)
+    if not cpus:
+        raise ValueError("no CPUs to bind the ranks to")
+    if ranks >= len(cpus):
+        groups = [[cpus[r % len(cpus)]] for r in range(ranks)]
+    else:
+        size, extra = divmod(len(cpus), ranks)
+        starts = [r * size + min(r, extra) for r in range(ranks + 1)]
+        groups = [cpus[starts[r]:starts[r + 1]] for r in range(ranks)]
+    return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 and g[-1] - g[0] == len(g) - 1
+                    else ",".join(map(str, g)) for g in groups)
+
+
+def engine_args(model_path: str, *, device: str | None = None, tp_size: int = 1, dp_size: int = 1,
+                nnodes: int = 1, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``sglang.Engine`` / ``ServerArgs`` for this host: `tp_size` x
+    `dp_size` ranks over `nnodes` machines (data-parallel replicas inside one server: SGLang
+    balances requests over them). An override wins, ``context_length=None`` included (the
+    checkpoint's full max_position_embeddings)."""
     device = device or configure_sglang_for_host()
     args: dict[str, Any] = dict(model_path=model_path, tp_size=tp_size)
+    if dp_size > 1:
+        args["dp_size"] = dp_size
+    if nnodes > 1:
+        args["nnodes"] = nnodes
     context_length = default_context_length(model_path)
     if context_length is not None:
         args["context_length"] = context_length
@@ -75,14 +108,12 @@ def engine_args(model_path: str, *, device: str | None = None, tp_size: int = 1,
             max_total_tokens=CPU_MAX_TOTAL_TOKENS,
             sleep_on_idle=True,
         )
-        if tp_size > 1:
-            # One NUMA node here: bind rank i to core i (SGLang asserts otherwise).
-            cores = os.cpu_count() or tp_size
-            per_rank = max(1, cores // tp_size)
-            os.environ.setdefault("SGLANG_CPU_OMP_THREADS_BIND", "|".join(
-                f"{r * per_rank}-{r * per_rank + per_rank - 1}" if per_rank > 1 else str(r)
-                for r in range(tp_size)
-            ))
+        if tp_size * dp_size > 1:
+            # SGLang counts every rank of the job against the NUMA nodes; each machine binds
+            # the ranks it runs (device ids 0..local-1). A binding set by the caller wins (the
+            # cluster launcher sets one for the ranks of all its workers).
+            local_ranks = max(1, tp_size * dp_size // nnodes)
+            os.environ.setdefault(CPU_THREADS_BIND_ENV, cpu_threads_binding(local_ranks))
     args.update(overrides)
     return args
 

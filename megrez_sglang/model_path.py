@@ -41,7 +41,8 @@ def resolve_model_path(model_path: str | None, *, need_weights: bool = True) -> 
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise ModelPathError(f"{config_file} is not valid JSON: {e}") from None
-    if config.get("model_type") != "megrez_moe" or "MegrezMoeForCausalLM" not in config.get("architectures", []):
+    if (config.get("model_type") != "megrez_moe"
+            or "MegrezMoeForCausalLM" not in config.get("architectures", [])):
         raise ModelPathError(
             f"{model_path!r} is not a Megrez2 checkpoint: config.json has model_type "
             f"{config.get('model_type')!r} and architectures {config.get('architectures')}, "

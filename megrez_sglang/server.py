@@ -1,6 +1,7 @@
 """Start SGLang's HTTP server (OpenAI-compatible API) for a Megrez2 checkpoint and supervise it.
 
-    python -m megrez_sglang.server [MODEL_PATH] [--host H] [--port P] [--tp N]
+    python -m megrez_sglang.server [MODEL_PATH] [--host H] [--port P] [--tp N] [--dp N]
+                                   [--nnodes N --node-rank R --dist-init-addr HOST:PORT]
                                    [--served-model-name NAME] [--shutdown-timeout S]
                                    [-- extra SGLang flags]
 
@@ -201,12 +202,32 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1; 0.0.0.0 exposes the server)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--tp", type=int, default=1, help="tensor parallel size")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallel size (GPUs per replica)")
+    p.add_argument("--dp", type=int, default=1, help="data parallel size: replicas inside this server, "
+                   "each with --tp GPUs; SGLang balances requests over them")
+    nodes = p.add_argument_group("several machines (SGLang's flags): one tensor-parallel model over "
+                                 "--nnodes machines, this command on each with its --node-rank")
+    nodes.add_argument("--nnodes", type=int, default=1, help="machines (default 1)")
+    nodes.add_argument("--node-rank", type=int, default=0, help="this machine's rank; rank 0 serves HTTP")
+    nodes.add_argument("--dist-init-addr", metavar="HOST:PORT",
+                       help="where rank 0 listens for the other machines (an address they can reach)")
     p.add_argument("--served-model-name", default=SERVED_MODEL_NAME)
     p.add_argument("--shutdown-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
                    help="on SIGTERM, seconds the requests in flight get to finish before they are "
                    f"aborted (default {DEFAULT_DRAIN_TIMEOUT_S:.0f})")
-    return p.parse_args(argv), extra
+    args = p.parse_args(argv)
+    for name in ("tp", "dp", "nnodes"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.node_rank < args.nnodes:
+        p.error(f"--node-rank must lie in 0..{args.nnodes - 1} (--nnodes {args.nnodes}), "
+                f"got {args.node_rank}")
+    if args.nnodes > 1 and not args.dist_init_addr:
+        p.error(f"--nnodes {args.nnodes} needs --dist-init-addr HOST:PORT (node rank 0's address, the same "
+                "on every machine)")
+    if (args.tp * args.dp) % args.nnodes:
+        p.error(f"--tp x --dp = {args.tp * args.dp} ranks cannot be split evenly over --nnodes {args.nnodes}")
+    return args, extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{key_flags[0].split('=', 1)[0]} would put the key on the command line, where "
                     f"every local user sees it (ps); set {API_KEY_ENV} / {ADMIN_API_KEY_ENV} instead")
     try:
-        environment = hardened_server_environment(drain_timeout_s=args.shutdown_timeout)
+        hardened_server_environment()  # the keys are checked first; the environment is built below
     except KeyConfigurationError as e:
         return fail(str(e))
     try:
@@ -232,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if not port_is_free(args.host, args.port):
         return fail(f"port {args.port} on {args.host} is already in use (choose another with --port)")
 
-    server_args = engine_args(model, device=device, tp_size=args.tp)
+    server_args = engine_args(model, device=device, tp_size=args.tp, dp_size=args.dp, nnodes=args.nnodes)
+    if args.nnodes > 1:
+        server_args.update(node_rank=args.node_rank, dist_init_addr=args.dist_init_addr)
     server_args.update(
         served_model_name=args.served_model_name,
         host=args.host,
@@ -242,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         # the object with whitespace until max_tokens.
         constrained_json_disable_any_whitespace=True,
     )
+    # After engine_args: it may have set this host's CPU thread binding in os.environ.
+    environment = hardened_server_environment(drain_timeout_s=args.shutdown_timeout)
     process = subprocess.Popen(serve_command(server_args, extra), start_new_session=True, env=environment)
 
     def on_signal(signum, _frame):
@@ -253,8 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://{args.host}:{args.port}"
     try:
         wait_until_healthy(url, process, STARTUP_TIMEOUT_S)
-        print(f"Megrez2 ({args.served_model_name}) is being served at {url} "
-              f"(OpenAI API: {url}/v1)", flush=True)
+        if args.node_rank == 0:
+            print(f"Megrez2 ({args.served_model_name}) is being served at {url} "
+                  f"(OpenAI API: {url}/v1)", flush=True)
+        else:  # SGLang answers only /health here: requests go to node rank 0
+            print(f"node rank {args.node_rank} of {args.nnodes} is serving its share of the model "
+                  f"(requests go to node rank 0; health at {url}/health)", flush=True)
         reason = watch(process)
     except ServerError as e:
         reason = str(e)
@@ -276,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+# What the supervisor prints once it serves: node rank 0 (or a single machine), node rank >= 1.
+ANNOUNCEMENTS = ("is being served at", "is serving its share of the model")
+
+
 class ServerProcess:
     """This module's server (or launch_server.sh) started as a child process, for tests,
     benchmarks and scripts: returns once it has printed its URL (i.e. /health answered).
@@ -286,13 +319,15 @@ class ServerProcess:
     `command` replaces ``python -m megrez_sglang.server`` (e.g. the path of launch_server.sh);
     `env` is added to this process's environment; the keys travel in it as MEGREZ_API_KEY /
     MEGREZ_ADMIN_API_KEY. The server's whole output (stdout and stderr) goes to `log_path` (or is
-    discarded); stdout is read to the end so that the server never blocks on a full pipe."""
+    discarded); stdout is read to the end so that the server never blocks on a full pipe.
+    `wait=False` returns at once (start several, then wait_until_announced() on each)."""
 
     def __init__(self, model: str | None = None, *, port: int | None = None,
                  host: str = "127.0.0.1", args: Sequence[str] = (), extra: Sequence[str] = (),
                  api_key: str | None = None, admin_api_key: str | None = None,
                  env: dict[str, str] | None = None, command: Sequence[str] | None = None,
-                 log_path: str | Path | None = None, timeout_s: float = STARTUP_TIMEOUT_S):
+                 log_path: str | Path | None = None, timeout_s: float = STARTUP_TIMEOUT_S,
+                 wait: bool = True):
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         command = list(command or [sys.executable, "-m", "megrez_sglang.server"])
@@ -310,13 +345,19 @@ class ServerProcess:
         self.announcement = ""
         self._reader = threading.Thread(target=self._read_stdout, daemon=True)
         self._reader.start()
+        if wait:
+            self.wait_until_announced(timeout_s)
+
+    def wait_until_announced(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Return once the server printed its URL; stop it and raise ServerError if it exited or
+        did not within `timeout_s`."""
         if not self._announced.wait(timeout_s) or not self.announcement:
             self.stop()
             raise ServerError(f"the server did not start; its log:\n{self.log_tail()}")
 
     def _read_stdout(self) -> None:
         for line in self.process.stdout:  # the supervisor prints the URL once healthy
-            if not self.announcement and "is being served at" in line:
+            if not self.announcement and any(m in line for m in ANNOUNCEMENTS):
                 self.announcement = line
                 self._announced.set()
             if self._log is not None and not self._log.closed:

@@ -69,16 +69,11 @@ class KeyConfigurationError(ValueError):
     """MEGREZ_API_KEY / MEGREZ_ADMIN_API_KEY are set in a way that would not protect anything."""
 
 
-def hardened_server_environment(base: Mapping[str, str] | None = None, *,
-                                drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> dict[str, str]:
-    """The environment to start `sglang serve` with: `base` (default os.environ), with the keys it
-    holds checked, the switch that makes this package's plugin harden the server, and how long
-    requests in flight may run after SIGTERM."""
-    env = dict(os.environ if base is None else base)
-    for name in (API_KEY_ENV, ADMIN_API_KEY_ENV):
-        if env.get(name) == "":
-            del env[name]  # `MEGREZ_API_KEY= ./launch_server.sh`: no key
-    api_key, admin_key = env.get(API_KEY_ENV), env.get(ADMIN_API_KEY_ENV)
+def environment_keys(base: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(MEGREZ_API_KEY, MEGREZ_ADMIN_API_KEY) from `base` (default os.environ), checked; an empty
+    value means no key (`MEGREZ_API_KEY= ./launch_server.sh`)."""
+    env = os.environ if base is None else base
+    api_key, admin_key = env.get(API_KEY_ENV) or None, env.get(ADMIN_API_KEY_ENV) or None
     for name, value in ((API_KEY_ENV, api_key), (ADMIN_API_KEY_ENV, admin_key)):
         if value is not None and not value.strip():
             raise KeyConfigurationError(f"{name} is blank: unset it, or set a key")
@@ -88,6 +83,19 @@ def hardened_server_environment(base: Mapping[str, str] | None = None, *,
     if api_key and admin_key and api_key == admin_key:
         raise KeyConfigurationError(f"{ADMIN_API_KEY_ENV} equals {API_KEY_ENV}: every user would be "
                                     "an administrator; choose a different admin key")
+    return api_key, admin_key
+
+
+def hardened_server_environment(base: Mapping[str, str] | None = None, *,
+                                drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> dict[str, str]:
+    """The environment to start `sglang serve` with: `base` (default os.environ), with the keys it
+    holds checked, the switch that makes this package's plugin harden the server, and how long
+    requests in flight may run after SIGTERM."""
+    env = dict(os.environ if base is None else base)
+    keys = environment_keys(env)
+    for name, value in zip((API_KEY_ENV, ADMIN_API_KEY_ENV), keys, strict=True):
+        if value is None:
+            env.pop(name, None)
     env[HARDENING_ENV] = "1"
     env[DRAIN_TIMEOUT_ENV] = str(drain_timeout_s)
     return env

@@ -19,7 +19,7 @@ import torch
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host before it is imported)
 from megrez_sglang.build_checkpoint import build_checkpoint
-from megrez_sglang.server import ServerProcess
+from megrez_sglang.server import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-123456"  # the card's example key
@@ -59,6 +59,26 @@ def full_data_dir() -> Path:
             return Path(candidate)
     pytest.skip("no full benchmark mirror (set MEGREZ_EVAL_DATA to a folder laid out like "
                 "eval/README.md describes); the fixture-based tests cover the same code")
+
+
+@pytest.fixture(scope="module")
+def sglang_world():
+    """A torch.distributed world of one (gloo) and SGLang's model-parallel groups in this process,
+    for tests that build SGLang layers directly; torn down after the module. Left behind, the
+    groups (tp 1) make a later Engine with tp_size=2 refuse to start ("parallel topology is
+    inconsistent"), and the MASTER_PORT/RANK/WORLD_SIZE variables it sets would reach every
+    engine and server this process starts. The port is a free one: two test runs on one machine
+    must not collide."""
+    from sglang.srt.distributed import parallel_state
+    from sglang.test.layer_ut_utils import init_single_process_dist
+
+    environ = dict(os.environ)
+    init_single_process_dist(master_port=free_port())
+    yield
+    parallel_state.destroy_model_parallel()
+    parallel_state.destroy_distributed_environment()
+    for name in set(os.environ) - set(environ):
+        del os.environ[name]
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +121,11 @@ class EnginePool:
         from megrez_sglang.engine import start_engine
 
         key = (model_path, tuple(sorted(kwargs.items())))
+        if key != self.key and _shared_servers:
+            raise RuntimeError(
+                "an engine was asked for while the shared server runs: Engine.shutdown() would kill "
+                "the server too. A test (or fixture) using the engines must not also use one of "
+                f"{sorted(SERVER_FIXTURES)}, which put it in the server lane.")
         if key != self.key:
             self.close()
             kwargs.setdefault("log_level", "error")

@@ -10,7 +10,8 @@ from megrez_sglang.config import MegrezMoeConfig
 
 def test_defaults_are_the_real_model():
     c = MegrezMoeConfig()
-    assert (c.hidden_size, c.num_hidden_layers, c.n_routed_experts, c.num_experts_per_tok) == (2048, 31, 64, 6)
+    assert (c.hidden_size, c.num_hidden_layers, c.n_routed_experts, c.num_experts_per_tok) == (
+        2048, 31, 64, 6)
     assert (c.n_shared_experts, c.experts_shared_frequency, c.first_k_dense_replace) == (4, 3, 1)
     assert (c.moe_intermediate_size, c.intermediate_size, c.vocab_size) == (1408, 10944, 128880)
     assert c.pre_gate is True and c.topk_method == "noaux_tc" and c.scoring_func == "sigmoid"
@@ -51,7 +52,8 @@ def test_real_layout_with_auto_map_loads_without_remote_code(tmp_path):
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(num_attention_heads=16, num_key_value_heads=3), "num_attention_heads \\(16\\) must be divisible by num_key_value_heads \\(3\\)"),
+    (dict(num_attention_heads=16, num_key_value_heads=3),
+     "num_attention_heads \\(16\\) must be divisible by num_key_value_heads \\(3\\)"),
     (dict(num_experts_per_tok=65), "top-k \\(65\\) is larger than the number of routed experts \\(64\\)"),
     (dict(n_group=2, topk_group=3), "topk_group \\(3\\) is larger than n_group \\(2\\)"),
     (dict(n_group=3), "n_routed_experts \\(64\\) must be divisible by n_group \\(3\\)"),
@@ -59,7 +61,8 @@ def test_real_layout_with_auto_map_loads_without_remote_code(tmp_path):
     (dict(topk_method="random"), "topk_method: unknown 'random'"),
     (dict(topk_method="noaux_tc", scoring_func="softmax"), "noaux_tc' is defined on sigmoid"),
     (dict(experts_shared_frequency=0), "experts_shared_frequency: must be >= 1, got 0"),
-    (dict(n_group=8, topk_group=1, num_experts_per_tok=9), "hold only 8 experts, fewer than num_experts_per_tok \\(9\\)"),
+    (dict(n_group=8, topk_group=1, num_experts_per_tok=9),
+     "hold only 8 experts, fewer than num_experts_per_tok \\(9\\)"),
     (dict(n_group=4, topk_method="greedy"), "needs topk_method 'noaux_tc' or 'group_limited_greedy'"),
     (dict(moe_layer_freq=2), "moe_layer_freq: only 1 is supported"),
     (dict(first_k_dense_replace=32), "first_k_dense_replace: must be in \\[0, num_hidden_layers=31\\]"),

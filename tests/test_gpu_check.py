@@ -152,12 +152,9 @@ def test_the_tuning_runs_sglangs_script_once_per_tensor_parallel_size(tmp_path):
     assert steps[0].cwd != steps[1].cwd  # each writes its E=64,N=...json into a folder of its own
 
 
-def test_tuned_configs_install_where_sglang_reads_them(tmp_path, monkeypatch):
-    from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config as sglang_moe_configs
-    from sglang.test.layer_ut_utils import init_single_process_dist
-
-    init_single_process_dist(master_port=29714)
+def test_tuned_configs_install_where_sglang_reads_them(sglang_world, tmp_path, monkeypatch):
     import triton
+    from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config as sglang_moe_configs
 
     tuned = {"1": {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1,
                    "num_warps": 4, "num_stages": 3}}

@@ -24,14 +24,14 @@ BOXED_SAMPLING = {**SAMPLING, "max_new_tokens": BOXED_MAX_TOKENS}
 
 
 @pytest.fixture(params=["xgrammar", "outlines", "llguidance"])
-def backend(request, engines, tiny_checkpoint):
+def grammar_engine(request, engines, tiny_checkpoint):
     engine = engines.get(tiny_checkpoint, grammar_backend=request.param,
                          constrained_json_disable_any_whitespace=True)
     return request.param, engine
 
 
-def test_regex_json_schema_and_ebnf_per_backend(backend):
-    name, engine = backend
+def test_regex_json_schema_and_ebnf_per_backend(grammar_engine):
+    name, engine = grammar_engine
     boxed = engine.generate(PROMPTS, {**BOXED_SAMPLING, "regex": BOXED_REGEX})
     assert all(is_boxed_answer(o["text"]) for o in boxed), [o["text"] for o in boxed]
     letters = ["B", "D", "F"]

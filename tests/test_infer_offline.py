@@ -60,7 +60,8 @@ def test_missing_path_is_one_line_not_a_traceback(capsys):
 
 
 def test_a_checkpoint_that_is_not_megrez2_is_refused(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    llama_config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    (tmp_path / "config.json").write_text(json.dumps(llama_config))
     assert infer_sglang_offline.main([str(tmp_path)]) == 2
     assert "is not a Megrez2 checkpoint: config.json has model_type 'llama'" in capsys.readouterr().err
 

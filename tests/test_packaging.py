@@ -41,11 +41,13 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_carries_the_prompts_the_stand_in_and_the_plugin(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     prompts = sorted(p.name for p in (ROOT / "prompts").glob("*.txt"))
-    assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("megrez_sglang/prompt_texts/")) == prompts
+    packaged = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("megrez_sglang/prompt_texts/"))
+    assert packaged == prompts
     assert "megrez_sglang/cpu_compat/sgl_kernel/__init__.py" in names
     assert "megrez_sglang/tokenizer/chat_template.jinja" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "megrez_moe = megrez_sglang.registration:register" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    entry_points_txt = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "megrez_moe = megrez_sglang.registration:register" in entry_points_txt
     assert not [n for n in names if n.startswith(("tests/", "eval/", "bench/"))]
 
 
@@ -61,7 +63,8 @@ def test_an_installed_wheel_runs_a_program_outside_the_checkout(wheel, tmp_path,
                           capture_output=True, text=True, check=True).stdout.strip()
     shared = Path(base.read_text().strip())
     shared_site = next((shared / "lib").glob("python3*/site-packages"))
-    (Path(site) / "_megrez_shared_env.pth").write_text(f"import site; site.addsitedir({str(shared_site)!r})\n")
+    (Path(site) / "_megrez_shared_env.pth").write_text(
+        f"import site; site.addsitedir({str(shared_site)!r})\n")
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)], check=True,
                    capture_output=True)
     script = tmp_path / "program.py"

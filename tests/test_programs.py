@@ -103,7 +103,7 @@ def ends_with_the_answer_object(result, letters) -> bool:
 def test_choice_program_with_reasoning_is_valid(backend):
     results = answer_choice_batch(CHOICE_ITEMS[:10], backend, reasoning_max_tokens=16,
                                   num_threads=10, progress_bar=False, **SAMPLING)
-    for (_, options), r in zip(CHOICE_ITEMS, results, strict=True):
+    for (_, options), r in zip(CHOICE_ITEMS[:10], results, strict=True):
         assert ends_with_the_answer_object(r, option_letters(options)), r.text
 
 

@@ -133,6 +133,8 @@ def test_missing_model_path_and_taken_port_fail_clearly(server):
     assert missing.returncode == 2
     assert "launch_server: error: model path '/nonexistent/megrez' does not exist" in missing.stderr
     port = int(server.url.rsplit(":", 1)[1])
+    # The shared server holds the port (were it gone, this would start a server that outlives the test)
+    assert requests.get(f"{server.url}/health", timeout=30).status_code == 200
     taken = subprocess.run([str(ROOT / "launch_server.sh"), "--port", str(port)],
                            capture_output=True, text=True, timeout=120)
     assert taken.returncode == 2

@@ -19,7 +19,8 @@ def test_shared_prefix_is_served_from_the_radix_cache(tiny_engine, tiny_checkpoi
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    prefix = tok("北京是中华人民共和国的首都，也是全国的政治中心、文化中心、国际交往中心和科技创新中心。" * 6)["input_ids"]
+    capital = "北京是中华人民共和国的首都，也是全国的政治中心、文化中心、国际交往中心和科技创新中心。"
+    prefix = tok(capital * 6)["input_ids"]
     questions = [tok(q)["input_ids"] for q in ("长江有多长？", "What is the capital of France?")]
     tiny_engine.flush_cache()
     first = tiny_engine.generate(input_ids=prefix + questions[0], sampling_params=GREEDY)
@@ -37,7 +38,8 @@ def test_tensor_parallel_2_on_cpu_matches_tp_1(engines, tiny_checkpoint):
     tp1 = sglang_greedy(engines.get(tiny_checkpoint, dtype="float32"), prompts, batched=True)
     tp2 = sglang_greedy(engines.get(tiny_checkpoint, dtype="float32", tp_size=2), prompts, batched=True)
     assert [t for t, _ in tp2] == [t for t, _ in tp1]
-    assert max(abs(a - b) for (_, l1), (_, l2) in zip(tp1, tp2, strict=True) for a, b in zip(l1, l2, strict=True)) < 1e-3
+    assert max(abs(a - b) for (_, l1), (_, l2) in zip(tp1, tp2, strict=True)
+               for a, b in zip(l1, l2, strict=True)) < 1e-3
 
 
 ENGINE_SCRIPT = """

@@ -9,13 +9,6 @@ from safetensors.torch import load_file
 from megrez_sglang.config import MegrezMoeConfig
 
 
-@pytest.fixture(scope="module")
-def sglang_world():
-    from sglang.test.layer_ut_utils import init_single_process_dist
-
-    init_single_process_dist(master_port=29713)
-
-
 def build(path: str, dtype=torch.bfloat16):
     from megrez_sglang.sglang_models.megrez_moe import MegrezMoeForCausalLM
 

@@ -28,6 +28,9 @@ Where the template comes from:
   derived form is checked there in token ids. A bare ``sgl.RuntimeEndpoint`` on such a server
   gets a ``ChatTemplateError`` when the path names a Megrez model (for other paths SGLang's own
   matching applies, as it would without this project).
+* sglang-router in front of servers (``python -m megrez_sglang.cluster``): its own ``/v1/tokenize``
+  renders no messages, so ``endpoint()`` takes the template of the checkpoint the workers report,
+  which must then be readable here (a ``ChatTemplateError`` says how to proceed otherwise).
 """
 
 from __future__ import annotations
@@ -322,10 +325,35 @@ def server_chat_template(base_url: str, api_key: str | None = None, timeout_s: f
     def chat_ids(messages):  # rendered as for a chat completion
         return post("/v1/tokenize", {"messages": messages})["tokens"]
 
+    probe = requests.post(f"{base_url}/v1/tokenize", headers=headers, timeout=timeout_s,
+                          json={"messages": [{"role": "user", "content": _MARK["user"]}]})
+    if probe.status_code in (400, 404, 422):
+        return _router_chat_template(base_url, headers, timeout_s, source,
+                                     f"{probe.status_code}: {probe.text[:200]}")
     template = derive_chat_template(render, "", source)
     # The text went through detokenize: the token ids are what must agree.
     check_chat_template(template, None, source, encode=encode, chat_ids=chat_ids)
     return _register(template, source)
+
+
+def _router_chat_template(base_url: str, headers: dict, timeout_s: float, source: str,
+                          answer: str) -> ChatTemplate:
+    """A load balancer in front of SGLang servers (sglang-router: its own /v1/tokenize takes a
+    prompt, not messages, so nothing renders a conversation there): the template of the checkpoint
+    its workers report (/get_model_info, which the router passes to a worker), when that
+    checkpoint is readable here (workers on this machine, or the same path on every machine)."""
+    import requests
+
+    r = requests.get(f"{base_url}/get_model_info", headers=headers, timeout=timeout_s)
+    model_path = r.json().get("model_path") if r.status_code == 200 else None
+    if model_path and (Path(model_path) / "config.json").is_file():
+        return checkpoint_chat_template(model_path)
+    raise ChatTemplateError(
+        f"{source}: /v1/tokenize does not render messages as SGLang's server does (it answered {answer}; "
+        f"sglang-router's own /v1/tokenize takes only a prompt), and the checkpoint its /get_model_info "
+        f"reports ({model_path!r}) is not a folder on this machine, so the chat template cannot be derived. "
+        "Derive it from one of the workers (chat_template.server_chat_template(worker_url)) and pass "
+        "its .name as chat_template_name= to sgl.RuntimeEndpoint(router_url, ...)")
 
 
 # First in SGLang's registry: for a Megrez2 checkpoint its own template wins over SGLang's
