@@ -2,11 +2,13 @@
 
     python infer_sglang_offline.py [MODEL_PATH] [--prompt TEXT] [--chat TEXT] [--stream] [--json] ...
 
-Without MODEL_PATH it builds (once, then cached) and uses the project's tiny checkpoint, whose
-weights are random: it shows the pipeline working, not a trained model's answers. MODEL_PATH is a
-local Megrez2 checkpoint directory or a Hugging Face hub id (downloaded where the machine is
-online). Sampling defaults to the card's temperature 0.7 and top_p 0.9. The device is CUDA with
-FlashInfer attention when torch sees a GPU, otherwise SGLang's CPU path (--device overrides).
+Without MODEL_PATH it uses the tiny Megrez2 trained in this project and shipped with it
+(megrez_sglang/checkpoints/tiny-trained: every Megrez2 feature, ~2 M parameters, trained on the
+card's demos, short facts, two-digit arithmetic and multiple choice), so the demos print real
+answers. MODEL_PATH is a local Megrez2 checkpoint directory or a Hugging Face hub id (downloaded
+where the machine is online). Sampling defaults to the card's temperature 0.7 and top_p 0.9. The
+device is CUDA with FlashInfer attention when torch sees a GPU, otherwise SGLang's CPU path
+(--device overrides).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ CARD_CHAT = "世界上最高的山峰是哪座？"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_path", nargs="?", help="Megrez2 checkpoint directory or hub id "
-                   "(default: the project's tiny checkpoint, built once)")
+                   "(default: the project's trained tiny checkpoint)")
     p.add_argument("--prompt", action="append", help="text to complete (repeatable)")
     p.add_argument("--chat", action="append",
                    help="a user message, sent through the chat template (repeatable)")

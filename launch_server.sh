@@ -13,8 +13,8 @@
 # server is healthy; exits 2 with a message when the
 # model path does not exist, a key is misconfigured or the port is taken. SIGTERM / Ctrl-C: the
 # requests in flight finish, every process stops, exit 0. A crashed server or worker: every
-# process stops, exit 1 with a one-line reason. Without MODEL_PATH it serves the project's tiny
-# random checkpoint.
+# process stops, exit 1 with a one-line reason. Without MODEL_PATH it serves the project's trained
+# tiny checkpoint (megrez_sglang/checkpoints/tiny-trained).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 exec "$root/scripts/run.sh" python -m megrez_sglang.server "$@"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from megrez_sglang.provenance import git_revision, package_versions
 
-from . import BENCHMARKS
+from . import BENCHMARKS, CARD_BENCHMARKS
 from .benchmark import DATA_DIR_ENV, BenchmarkDataError, data_dir_from_env
 from .code import CodeBenchmark
 from .report import write_summary
@@ -44,8 +44,9 @@ SETTINGS_THAT_MUST_MATCH = ("model", "sampling", "samples", "data", "isolation")
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--benchmarks", default=",".join(BENCHMARKS),
-                   help=f"comma-separated, from {', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--benchmarks", default=",".join(CARD_BENCHMARKS),
+                   help=f"comma-separated, from {', '.join(BENCHMARKS)} (default: the card's "
+                   f"{', '.join(CARD_BENCHMARKS)})")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--base-url", help="a running SGLang server, e.g. http://127.0.0.1:30000")
     target.add_argument("--model", help="a checkpoint: start a server for it in-process")

@@ -135,6 +135,18 @@ def save_weights(state_dict: dict[str, torch.Tensor], out_dir: Path, max_shard_s
     )
 
 
+def write_generation_config(out_dir: Path, tokenizer, config: MegrezMoeConfig) -> None:
+    """generation_config.json: the card's sampling, stopping at either stop token."""
+    generation_config = {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "eos_token_id": [tokenizer.token_to_id(t) for t in STOP_TOKENS],
+        "pad_token_id": config.pad_token_id,
+    }
+    (out_dir / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
+
+
 def read_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint directory, from all its safetensors shards, by name."""
     from safetensors import safe_open
@@ -162,14 +174,7 @@ def build_checkpoint(
     out_dir.mkdir(parents=True)
 
     (out_dir / "config.json").write_text(json.dumps(config.legacy_dict(), indent=2) + "\n")
-    generation_config = {
-        "do_sample": True,
-        "temperature": 0.7,
-        "top_p": 0.9,
-        "eos_token_id": [tokenizer.token_to_id(t) for t in STOP_TOKENS],
-        "pad_token_id": config.pad_token_id,
-    }
-    (out_dir / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
+    write_generation_config(out_dir, tokenizer, config)
     save_tokenizer(tokenizer, out_dir, model_max_length=config.max_position_embeddings)
     if preset != "real-config":
         save_weights(random_state_dict(config, seed, bigram_prior), out_dir, max_shard_size)

@@ -15,13 +15,19 @@ class ModelPathError(ValueError):
     """The given model path is missing or is not a Megrez2 checkpoint."""
 
 
+# The tiny Megrez2 trained here (python -m megrez_sglang.train_tiny), shipped with the package:
+# it answers the card's demos and the held-out split (eval: tiny_math, tiny_choice).
+TRAINED_CHECKPOINT = Path(__file__).with_name("checkpoints") / "tiny-trained"
+
+
 def resolve_model_path(model_path: str | None, *, need_weights: bool = True) -> str:
     """A local Megrez2 checkpoint directory: `model_path`, a hub id downloaded where the machine
-    is online, or (None) the project's tiny checkpoint, built once and cached."""
+    is online, or (None) the project's trained tiny checkpoint (shipped in the package)."""
     if model_path is None:
-        from .build_checkpoint import cached_checkpoint
-
-        return str(cached_checkpoint("tiny"))
+        if not (TRAINED_CHECKPOINT / "config.json").is_file():
+            raise ModelPathError(f"the trained tiny checkpoint is missing: {TRAINED_CHECKPOINT} has no "
+                                 "config.json (rebuild it with python -m megrez_sglang.train_tiny)")
+        return str(TRAINED_CHECKPOINT)
     path = Path(model_path).expanduser()
     if not path.exists():
         if re.fullmatch(r"[\w.-]+/[\w.-]+", model_path) and not model_path.startswith("."):

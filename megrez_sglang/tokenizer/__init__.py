@@ -61,8 +61,9 @@ def training_text() -> list[str]:
     return lines * 8 + generated_text()
 
 
-def train_tokenizer(vocab_size: int) -> Tokenizer:
-    """Byte-level BPE of at most `vocab_size` regular tokens, then the special tokens."""
+def train_tokenizer(vocab_size: int, texts: list[str] | None = None) -> Tokenizer:
+    """Byte-level BPE of at most `vocab_size` regular tokens, then the special tokens; trained on
+    `texts` (default: the corpus in corpus/ plus generated digits, LaTeX and JSON)."""
     tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
@@ -76,7 +77,7 @@ def train_tokenizer(vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(training_text(), trainer=trainer)
+    tokenizer.train_from_iterator(training_text() if texts is None else texts, trainer=trainer)
     tokenizer.add_special_tokens(SPECIAL_TOKENS)
     return tokenizer
 
