@@ -94,6 +94,12 @@ def choice_reply(client, model: str, messages: list[dict], letters, *,
         first = client.chat.completions.create(model=model, messages=messages, stop=REASONING_STOPS,
                                                max_tokens=reasoning_max_tokens, **sampling)
         reasoning, tokens = first.choices[0].message.content or "", first.usage.completion_tokens
+    if opens_answer_object(reasoning):
+        # The brace the model opened goes, and the grammar writes the whole object: re-tokenized
+        # alone, the brace would not be the token the model writes there ('{"' is one token in
+        # Megrez-style vocabularies), and the letter would be forced from a state the model never
+        # saw (the trained tiny checkpoint answered at chance that way, ~62 % with this).
+        reasoning = reasoning.rstrip()[:-1]
     if reasoning.strip():
         regex = answer_json_regex(list(letters), opened=opens_answer_object(reasoning))
         r = _continue(client, model, messages, reasoning, max_tokens=ANSWER_MAX_TOKENS,
