@@ -19,7 +19,12 @@ from megrez_sglang.programs import (
     solve_math_batch,
     solve_math_self_consistent,
 )
-from megrez_sglang.programs.choice import REASONING_MAX_TOKENS, REASONING_STOPS, opens_answer_object
+from megrez_sglang.programs.choice import (
+    REASONING_MAX_TOKENS,
+    REASONING_STOPS,
+    opens_answer_object,
+    reasoning_before_the_answer_object,
+)
 from megrez_sglang.programs.grammars import answer_json_regex
 from megrez_sglang.programs.math import box_content
 from megrez_sglang.programs.openai_recipes import openai_choice, openai_math, server_grammar_backend
@@ -91,13 +96,12 @@ def test_choice_program_is_always_valid_and_within_the_items_letters(backend):
 
 
 def ends_with_the_answer_object(result, letters) -> bool:
-    """The reply is the reasoning, then the answer object (or its rest after the model's own
-    opening brace) naming the result's letter, one of `letters`."""
+    """The reply is the reasoning (without an answer object the model began itself), then the
+    whole answer object naming the result's letter, one of `letters`."""
     answer = result.text[len(result.reasoning):]
-    opened = opens_answer_object(result.reasoning)
-    return (result.text.startswith(result.reasoning) and result.letter in letters
-            and re.fullmatch(answer_json_regex(letters, opened=opened), answer) is not None
-            and json.loads(("{" if opened else "") + answer) == {"answer": result.letter})
+    return (result.text.startswith(result.reasoning) and not opens_answer_object(result.reasoning)
+            and result.letter in letters and re.fullmatch(answer_json_regex(letters), answer) is not None
+            and json.loads(answer) == {"answer": result.letter})
 
 
 def test_choice_program_with_reasoning_is_valid(backend):
@@ -189,10 +193,11 @@ def test_choice_reasons_within_the_budget_then_answers_under_the_items_letters(b
     assert reasoning_req["sampling_params"]["max_new_tokens"] == REASONING_MAX_TOKENS == 1024
     assert set(REASONING_STOPS) <= set(reasoning_req["sampling_params"]["stop"])
     assert reasoning_req["sampling_params"].get("regex") is None
-    opened = opens_answer_object(reasoning_out["text"])
-    assert answer_req["sampling_params"]["regex"] == answer_json_regex(option_letters(options), opened=opened)
-    assert answer_req["text"] == reasoning_req["text"] + reasoning_out["text"]  # answers after reasoning
-    assert r.reasoning == reasoning_out["text"] and r.text == r.reasoning + answer_out["text"]
+    assert answer_req["sampling_params"]["regex"] == answer_json_regex(option_letters(options))
+    # answers after the reasoning, up to (not into) an answer object the model began itself
+    assert r.reasoning == reasoning_before_the_answer_object(reasoning_out["text"])
+    assert answer_req["text"] == reasoning_req["text"] + r.reasoning
+    assert r.text == r.reasoning + answer_out["text"]
     assert r.completion_tokens == (reasoning_out["meta_info"]["completion_tokens"]
                                    + answer_out["meta_info"]["completion_tokens"])
 
@@ -212,7 +217,7 @@ def test_a_zero_budget_answers_directly(backend, generate_requests):
 def test_reasoning_stops_where_the_model_starts_its_own_answer_object(server, own_answer,
                                                                      left_in_reasoning):
     """A reply that goes on to write the answer object itself is cut at its "answer" key (or its
-    code fence); an opening brace it wrote stays, and the grammar then writes the object's rest."""
+    code fence); the program then drops an opening brace it wrote, leaving the reasoning alone."""
     import requests
 
     reasoning = "Because 3 + 5 = 8, only B fits. "
@@ -223,6 +228,7 @@ def test_reasoning_stops_where_the_model_starts_its_own_answer_object(server, ow
                           "regex": forced}}, timeout=120)
     assert r.status_code == 200 and r.json()["text"] == reasoning + left_in_reasoning
     assert opens_answer_object(r.json()["text"]) is (left_in_reasoning != "")
+    assert reasoning_before_the_answer_object(r.json()["text"]).rstrip() == reasoning.rstrip()
 
 
 def test_eval_choice_recipe_reasons_then_continues_the_turn_under_the_schema(server):
@@ -241,8 +247,7 @@ def test_eval_choice_recipe_reasons_then_continues_the_turn_under_the_schema(ser
     assert first["max_tokens"] == 24 and first["stop"] == REASONING_STOPS and "response_format" not in first
     assert second["messages"][-1] == {"role": "assistant", "content": c.reasoning}
     assert second["continue_final_message"] is True
-    assert second["regex"] == answer_json_regex(option_letters(options),
-                                                opened=opens_answer_object(c.reasoning))
+    assert second["regex"] == answer_json_regex(option_letters(options))
     assert ends_with_the_answer_object(c, option_letters(options))
     assert server_grammar_backend(client) == "xgrammar"  # the eval's box form follows the server
 

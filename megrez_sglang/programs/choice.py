@@ -24,11 +24,13 @@ from .math import completion_tokens
 ANSWER_MAX_TOKENS = 32
 REASONING_MAX_TOKENS = 1024
 # Stop free reasoning where the model starts writing the answer object itself: at its "answer"
-# key, or at a JSON code block. A brace it opened before the key stays in the reasoning, and the
-# grammar then writes the rest of the object (answer_json_regex(opened=True)). The stops are
-# short on purpose: SGLang looks for them in the last few tokens (the longest stop's own encoding
-# plus one), so a long stop such as '{\n  "answer"' spelled in more tokens was missed in tests
-# while the '"answer"' inside it matched, leaving the brace behind anyway.
+# key, or at a JSON code block. The stops are short on purpose: SGLang looks for them in the last
+# few tokens (the longest stop's own encoding plus one), so a long stop such as '{\n  "answer"'
+# spelled in more tokens was missed in tests while the '"answer"' inside it matched. A brace the
+# model opened before the key is then dropped (reasoning_before_the_answer_object) and the grammar
+# writes the whole object: re-tokenized on its own, the brace is not the token the model writes
+# there ('{"' is one token in Megrez-style vocabularies), and the letter would be forced from a
+# state the model never saw (the trained tiny checkpoint answered at chance that way).
 REASONING_STOPS = ['"answer"', "```json"]
 _ANSWER_LETTER = re.compile(r'"answer": "([A-Z])"')
 
@@ -36,6 +38,12 @@ _ANSWER_LETTER = re.compile(r'"answer": "([A-Z])"')
 def opens_answer_object(reasoning: str) -> bool:
     """Whether the reasoning ends with the opening brace of the model's own answer object."""
     return reasoning.rstrip().endswith("{")
+
+
+def reasoning_before_the_answer_object(reasoning: str) -> str:
+    """The reasoning without the opening brace (and what follows it) of the model's own answer
+    object, when it ends with one."""
+    return reasoning.rstrip()[:-1] if opens_answer_object(reasoning) else reasoning
 
 
 def answer_letter(answer_json: str) -> str:
@@ -64,15 +72,25 @@ def choice_program(s, question, options, lang="zh", reasoning_max_tokens=REASONI
                    temperature=0.7, top_p=0.9, constrained=True):
     s += sgl.user(choice_prompt(question, options, lang))
     s += sgl.assistant_begin()
-    opened = False
     if reasoning_max_tokens:
-        s += sgl.gen("reasoning", max_tokens=reasoning_max_tokens, stop=REASONING_STOPS,
-                     temperature=temperature, top_p=top_p)
-        opened = opens_answer_object(s["reasoning"])
-    regex = answer_json_regex(option_letters(options), opened=opened) if constrained else None
+        _reason(s, reasoning_max_tokens, temperature, top_p)
+    regex = answer_json_regex(option_letters(options)) if constrained else None
     s += sgl.gen("answer_json", max_tokens=ANSWER_MAX_TOKENS, temperature=temperature, top_p=top_p,
                  regex=regex)
     s += sgl.assistant_end()
+
+
+def _reason(s, reasoning_max_tokens, temperature, top_p) -> None:
+    """Free reasoning, generated in a copy of `s` (which shares its prefix in the radix cache) so
+    that `s` continues with the reasoning up to, not into, the model's own answer object. Sets
+    `s`'s variables "reasoning" and "reasoning_tokens"."""
+    draft = s.fork(1)[0]
+    draft += sgl.gen("reasoning", max_tokens=reasoning_max_tokens, stop=REASONING_STOPS,
+                     temperature=temperature, top_p=top_p)
+    reasoning = reasoning_before_the_answer_object(draft["reasoning"])
+    s.set_var("reasoning", reasoning)
+    s.set_var("reasoning_tokens", draft.get_meta_info("reasoning")["completion_tokens"])
+    s += reasoning
 
 
 @sgl.function
@@ -81,16 +99,21 @@ def choice_self_consistency_program(s, question, options, k=8, lang="zh",
     s += sgl.user(choice_prompt(question, options, lang))
     s += sgl.assistant_begin()
     branches = s.fork(k)  # the prompt is prefilled once and reused from the radix cache
-    if reasoning_max_tokens:  # every branch reasons at once, then each answers
-        for b in branches:
-            b += sgl.gen("reasoning", max_tokens=reasoning_max_tokens, stop=REASONING_STOPS,
+    if reasoning_max_tokens:  # every branch reasons at once (in a draft, see _reason), then answers
+        drafts = [b.fork(1)[0] for b in branches]
+        for d in drafts:
+            d += sgl.gen("reasoning", max_tokens=reasoning_max_tokens, stop=REASONING_STOPS,
                          temperature=temperature, top_p=top_p)
+        for b, d in zip(branches, drafts, strict=True):
+            reasoning = reasoning_before_the_answer_object(d["reasoning"])
+            b.set_var("reasoning", reasoning)
+            b += reasoning
     for b in branches:
-        opened = bool(reasoning_max_tokens) and opens_answer_object(b["reasoning"])
         b += sgl.gen("answer_json", max_tokens=ANSWER_MAX_TOKENS, temperature=temperature,
-                     top_p=top_p, regex=answer_json_regex(option_letters(options), opened=opened))
-    first = "reasoning" if reasoning_max_tokens else "answer_json"
-    s.set_var("branch_cached_tokens", [b.get_meta_info(first)["cached_tokens"] for b in branches])
+                     top_p=top_p, regex=answer_json_regex(option_letters(options)))
+    first = drafts if reasoning_max_tokens else branches
+    name = "reasoning" if reasoning_max_tokens else "answer_json"
+    s.set_var("branch_cached_tokens", [f.get_meta_info(name)["cached_tokens"] for f in first])
     branches.join()
 
 
@@ -100,7 +123,8 @@ def _result(state, options, constrained: bool) -> ChoiceResult:
     text = reasoning + answer_json
     # constrained: the grammar guarantees the object; otherwise read the whole reply as a grader does
     letter = answer_letter(answer_json) if constrained else extract_choice(text, option_letters(options))
-    return ChoiceResult(letter, reasoning, text, completion_tokens(state, "reasoning", "answer_json"))
+    reasoning_tokens = state.stream_executor.variables.get("reasoning_tokens", 0)
+    return ChoiceResult(letter, reasoning, text, reasoning_tokens + completion_tokens(state, "answer_json"))
 
 
 def answer_choice(question: str, options, backend, *, constrained: bool = True, **params) -> ChoiceResult:

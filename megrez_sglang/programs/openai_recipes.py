@@ -30,7 +30,7 @@ from .choice import (
     REASONING_STOPS,
     ChoiceResult,
     answer_letter,
-    opens_answer_object,
+    reasoning_before_the_answer_object,
 )
 from .grammars import BOXED_MAX_TOKENS, answer_json_regex, answer_json_schema, boxed_constraint
 from .math import MathResult, box_content
@@ -94,14 +94,10 @@ def choice_reply(client, model: str, messages: list[dict], letters, *,
         first = client.chat.completions.create(model=model, messages=messages, stop=REASONING_STOPS,
                                                max_tokens=reasoning_max_tokens, **sampling)
         reasoning, tokens = first.choices[0].message.content or "", first.usage.completion_tokens
-    if opens_answer_object(reasoning):
-        # The brace the model opened goes, and the grammar writes the whole object: re-tokenized
-        # alone, the brace would not be the token the model writes there ('{"' is one token in
-        # Megrez-style vocabularies), and the letter would be forced from a state the model never
-        # saw (the trained tiny checkpoint answered at chance that way, ~62 % with this).
-        reasoning = reasoning.rstrip()[:-1]
+    # A brace the model opened goes and the grammar writes the whole object (see choice.py's stops)
+    reasoning = reasoning_before_the_answer_object(reasoning)
     if reasoning.strip():
-        regex = answer_json_regex(list(letters), opened=opens_answer_object(reasoning))
+        regex = answer_json_regex(list(letters))
         r = _continue(client, model, messages, reasoning, max_tokens=ANSWER_MAX_TOKENS,
                       extra_body={"regex": regex, **sampling.pop("extra_body", {})}, **sampling)
         text = r.choices[0].message.content or ""
