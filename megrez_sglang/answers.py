@@ -189,7 +189,7 @@ def majority_answer(answers: list[str | None], equivalent=None) -> tuple[str | N
         if a is None or a == "":
             continue
         for cluster in clusters:
-            if equivalent(cluster[0], a):
+            if a == cluster[0] or equivalent(cluster[0], a):  # math-verify may parse neither
                 cluster.append(a)
                 break
         else:
