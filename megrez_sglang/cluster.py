@@ -59,6 +59,7 @@ from .server import (
     Stopped,
     exit_reason,
     port_is_free,
+    split_at_double_dash,
 )
 from .server_hardening import (
     ADMIN_API_KEY_ENV,
@@ -87,10 +88,7 @@ class ClusterError(RuntimeError):
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = split_at_double_dash(argv)
     p = argparse.ArgumentParser(prog="python -m megrez_sglang.cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("model_path", nargs="?", help="Megrez2 checkpoint directory or hub id for the local "
                    "workers (default: the project's tiny checkpoint)")

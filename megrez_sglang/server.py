@@ -191,11 +191,16 @@ def stop(process: subprocess.Popen, grace_s: float) -> bool:
     return in_time
 
 
+def split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The script's own arguments, and the SGLang flags after `--`."""
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = split_at_double_dash(argv)
     p = argparse.ArgumentParser(prog="launch_server.sh", description=__doc__.split("\n\n")[0])
     p.add_argument("model_path", nargs="?", help="Megrez2 checkpoint directory or hub id "
                    "(default: the project's tiny checkpoint)")
