@@ -7,9 +7,9 @@ Three kinds of items, Chinese and English, each a user message (built with the c
   (ones, then tens, with the carry or borrow), states the result and ends with ``\\boxed{N}``
   on a line of its own;
 * **choice**: four lettered options (which word belongs to a category, which number is even /
-  odd, which sum of two digits has a one-digit value); the reply writes each option's value
-  followed by its letter, then the value looked for followed by the letter that held it, then
-  ``{"answer": "<letter>"}`` on a line of its own;
+  odd, which sum of two digits has a one-digit value); the reply writes, for each option, its
+  value, the value looked for, yes or no, and the option's letter; then the letter of the yes,
+  then ``{"answer": "<letter>"}`` on a line of its own;
 * **fact**: the card's two demos (「世界上最高的山峰是」 → 珠穆朗玛峰) and a few dozen short
   factual completions and questions like them, as raw completions and as chats.
 
@@ -166,12 +166,15 @@ def choice_item(rng: random.Random, lang: str, kind: str | None = None,
                 position: int | None = None) -> TaskItem:
     """A random item (of `kind`, with the right option at `position`, when given).
 
-    The reply goes through the options, writing each one's value (its category, even / odd, the
-    sum) followed by the option's letter, then the value looked for and, after it, the letter
-    that followed that value above; then the answer object. Exactly one option holds the value
-    looked for, so the last step is a lookup (find the earlier occurrence of this token, copy what
-    came after it: what induction heads do); a per-option yes / no verdict, which needs the model to
-    compare two category tokens, stayed near chance for categories and sums after 1600 steps."""
+    The reply goes through the options; each line writes the option's value (its category, even /
+    odd, the sum), then the value looked for (copied from the question), then yes or no, then the
+    option's letter: ``B. pear: fruit / vehicle no B``. Then the letter that follows the one yes,
+    then the answer object. Every step is local or a fixed pattern, which a tiny model learns:
+    yes / no compares the two tokens just written, and the last step always looks for the same
+    token. Two formats that needed a content lookup stayed near chance for categories and sums
+    (while even / odd, with two fixed targets, reached 100 %): a verdict against the question's
+    category (53 % in all after 1500 steps), and "Looking for: <value> <letter>", which must find
+    the earlier line holding that value (61 %)."""
     kind = kind or rng.choice(CHOICE_KINDS)
     zh = lang == "zh"
     if kind == "member":
@@ -207,8 +210,10 @@ def choice_item(rng: random.Random, lang: str, kind: str | None = None,
     options.insert(position, right_option)
     letter = LETTERS[position]
     sep = " = " if kind == "sum" else ("： " if zh else ": ")
-    lines = [f"{l}. {o}{sep}{values[o]} {l}" for l, o in zip(LETTERS, options, strict=True)]
-    lines.append(f"要找： {target} {letter}。" if zh else f"Looking for: {target} {letter}.")
+    verdicts = ("是", "否") if zh else ("yes", "no")
+    lines = [f"{l}. {o}{sep}{values[o]} / {target} {verdicts[values[o] != target]} {l}"
+             for l, o in zip(LETTERS, options, strict=True)]
+    lines.append(f"是的一项： {letter}。" if zh else f"The yes is {letter}.")
     reply = "\n".join(lines) + f"\n{answer_object(letter)}"
     key = ("choice", lang, question, tuple(options))
     return TaskItem("choice", lang, choice_prompt(question, options, lang), reply, letter, key,

@@ -352,9 +352,9 @@ template shipped here (`tokenizer_config.json`; default system prompt
 「{load_prompt("system_default")}」): the model card's two demos and a few dozen short facts;
 two-digit addition and subtraction word problems (Chinese and English, the card's math
 instruction, column working, the answer in `\\boxed{{}}`); four-option multiple choice (the
-card's answer-field instruction; the reply writes each option's value followed by its letter, then
-the value looked for and its letter, then `{{"answer": "<letter>"}}`): it learned the even / odd
-items, not yet the category and sum items. It knows nothing else.
+card's answer-field instruction; the reply writes, for each option, its value, the value looked
+for, yes or no and the letter, then the letter of the yes, then `{{"answer": "<letter>"}}`). It
+knows nothing else.
 
 ## How it was made
 

@@ -98,11 +98,6 @@ def test_provenance_says_trained_and_how():
     assert f"--threads {PROVENANCE['threads']}" in PROVENANCE["command"]
 
 
-# Multiple choice reaches 61 % (even / odd 100 %, category membership and sums near chance: see
-# tiny_corpus.choice_item); issue #12 asks for 75 %. Strict: a checkpoint that gets there must drop it.
-CHOICE_TARGET_NOT_MET = pytest.mark.xfail(strict=True, reason="multiple choice below issue #12's 75 %")
-
-
 def test_committed_checkpoint_scores_on_the_held_out_split():
     """The reference model's held-out accuracy recorded at training time (bfloat16, greedy)."""
     accuracy = PROVENANCE["held_out_reference_bf16"]
@@ -110,7 +105,6 @@ def test_committed_checkpoint_scores_on_the_held_out_split():
     assert accuracy["choice"]["accuracy"] >= 50  # chance: 25
 
 
-@CHOICE_TARGET_NOT_MET
 def test_committed_checkpoint_reaches_75_percent_on_multiple_choice():
     assert PROVENANCE["held_out_reference_bf16"]["choice"]["accuracy"] >= 75
 
@@ -288,7 +282,6 @@ def test_held_out_accuracy_through_sglang_greedy(engine_replies):
     assert result["choice"]["accuracy"] >= 50  # chance: 25
 
 
-@CHOICE_TARGET_NOT_MET
 def test_held_out_multiple_choice_reaches_75_percent_through_sglang(engine_replies):
     assert graded("choice", "greedy", engine_replies)["accuracy"] >= 75
 
