@@ -14,7 +14,13 @@ import re
 
 import pytest
 
-from megrez_sglang.programs.grammars import BOXED_EBNF, BOXED_MAX_CHARS, BOXED_REGEX, boxed_constraint
+from megrez_sglang.programs.grammars import (
+    BOXED_EBNF,
+    BOXED_EBNF_RUN,
+    BOXED_MAX_CHARS,
+    BOXED_REGEX,
+    boxed_constraint,
+)
 
 HARD_GOLD_ANSWERS = [
     # the answers the former 24-item regex could not spell (MATH-500)
@@ -127,9 +133,16 @@ def test_malformed_boxes_are_refused_on_every_backend(compiled, text):
     grammars, tokenizer = compiled
     ids = tokenizer.encode(text, add_special_tokens=False)
     accepted = [key for key, g in grammars.items() if spells(g, ids, tokenizer.eos_token_id)]
-    if "7" * (BOXED_MAX_CHARS + 1) in text:  # the recursive EBNF bounds items, not characters
-        accepted = [key for key in accepted if key[1] != "ebnf"]
     assert accepted == []
+
+
+def test_the_ebnf_bounds_each_run_of_characters(compiled):
+    """The recursive EBNF bounds the runs between groups (and the groups) at every level."""
+    grammars, tokenizer = compiled
+    for run, spelled in ((BOXED_EBNF_RUN, True), (BOXED_EBNF_RUN + 1, False)):
+        ids = tokenizer.encode("\\boxed{x^{" + "7" * run + "}}", add_special_tokens=False)
+        for backend in ("xgrammar", "llguidance"):
+            assert spells(grammars[backend, "ebnf"], ids, tokenizer.eos_token_id) is spelled, (backend, run)
 
 
 def test_deeper_nesting_than_any_gold_answer_is_spelled(compiled):

@@ -7,8 +7,8 @@ The box must be able to spell every right answer: every MATH-500 and GSM8K gold 
 written as ``\\boxed{<answer>}`` matches both forms below (tests/test_boxed_constraint.py checks
 it with each backend's own compiler).
 
-* ``BOXED_EBNF`` (xgrammar, llguidance): recursive, balanced braces at any depth; at most
-  BOXED_EBNF_ITEMS characters or brace groups at the top and in each group.
+* ``BOXED_EBNF`` (xgrammar, llguidance): recursive, balanced braces at any depth; at the top and
+  in each group, at most BOXED_EBNF_GROUPS groups and runs of at most BOXED_EBNF_RUN characters.
 * ``BOXED_REGEX`` (every backend; the only form SGLang's frontend language can send, and the only
   one outlines compiles): a finite regex. Outlines turns a regex into a DFA and then walks every
   vocabulary token from every state, so the DFA must stay small; counting items at every nesting
@@ -65,11 +65,18 @@ BOXED_MAX_CHARS = BOXED_TOP_GROUPS * (_DEPTH1_LENGTH + BOXED_TOP_RUN)
 BOXED_REGEX = r"\\boxed\{" + BOXED_CONTENT_REGEX + r"\}"
 BOXED_MAX_TOKENS = BOXED_MAX_CHARS + len("\\boxed{}")
 
-BOXED_EBNF_ITEMS = 96
-# Balanced braces at any depth (the recursion of `item`), for sampling_params "ebnf".
-BOXED_EBNF = rf'''root ::= "\\boxed{{" item{{1,{BOXED_EBNF_ITEMS}}} "}}"
-item ::= char | "{{" item{{0,{BOXED_EBNF_ITEMS}}} "}}"
-char ::= [^{{}}\x00-\x1f]
+BOXED_EBNF_RUN, BOXED_EBNF_GROUPS = 96, 16
+# Balanced braces at any depth (the recursion of `group`), for sampling_params "ebnf": runs of up
+# to BOXED_EBNF_RUN characters between up to BOXED_EBNF_GROUPS groups at each level, never empty.
+# The runs are character-class repetitions, which XGrammar masks in one step: the former form, one
+# `item` rule per character, cost it 1.0 ms a step against 0.05 ms (bench.structured_output:
+# 0.85x the unconstrained decode rate, now >= 0.9x).
+BOXED_EBNF = rf'''root ::= "\\boxed{{" content "}}"
+content ::= run1 more | group run more
+more ::= (group run){{0,{BOXED_EBNF_GROUPS}}}
+group ::= "{{" run more "}}"
+run ::= [^{{}}\x00-\x1f]{{0,{BOXED_EBNF_RUN}}}
+run1 ::= [^{{}}\x00-\x1f]{{1,{BOXED_EBNF_RUN}}}
 '''
 
 
