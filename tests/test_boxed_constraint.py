@@ -137,7 +137,7 @@ def test_malformed_boxes_are_refused_on_every_backend(compiled, text):
 
 
 def test_the_ebnf_bounds_each_run_of_characters(compiled):
-    """The recursive EBNF bounds the runs between groups (and the groups) at every level."""
+    """The recursive EBNF bounds the runs between groups at every level (here: in a group)."""
     grammars, tokenizer = compiled
     for run, spelled in ((BOXED_EBNF_RUN, True), (BOXED_EBNF_RUN + 1, False)):
         ids = tokenizer.encode("\\boxed{x^{" + "7" * run + "}}", add_special_tokens=False)

@@ -1,6 +1,7 @@
 """The output-format constraints under each of SGLang's grammar backends (engine, CPU)."""
 
 import json
+import re
 
 import pytest
 
@@ -49,7 +50,23 @@ def test_regex_json_schema_and_ebnf_per_backend(grammar_engine):
         require_support(name, "ebnf")
         assert boxed_constraint(name) == {"ebnf": BOXED_EBNF}
         ebnf = engine.generate(PROMPTS, {**BOXED_SAMPLING, "ebnf": BOXED_EBNF})
-        assert all(is_boxed_answer(o["text"]) for o in ebnf), [o["text"] for o in ebnf]
+        for o in ebnf:
+            if o["meta_info"]["finish_reason"]["type"] == "length":
+                # Recursion bounds each level, not the depth: random weights can nest past the
+                # token budget (about 1 box in 40 here). What was written is still a box's start.
+                assert is_open_box(o["text"]), o["text"]
+            else:
+                assert is_boxed_answer(o["text"]), o["text"]
+
+
+def is_open_box(text: str) -> bool:
+    """A box cut off before its end: \\boxed{ then one line whose braces never close it."""
+    depth = 1
+    for ch in text[len("\\boxed{"):]:
+        depth += (ch == "{") - (ch == "}")
+        if depth <= 0:
+            return False
+    return text.startswith("\\boxed{") and not re.search(r"[\x00-\x1f]", text)
 
 
 def test_an_invalid_regex_is_a_clear_error(engines, tiny_checkpoint):
