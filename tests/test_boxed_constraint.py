@@ -16,7 +16,7 @@ import pytest
 
 from megrez_sglang.programs.grammars import (
     BOXED_EBNF,
-    BOXED_EBNF_RUN,
+    BOXED_GROUP_RUN,
     BOXED_MAX_CHARS,
     BOXED_REGEX,
     boxed_constraint,
@@ -139,7 +139,7 @@ def test_malformed_boxes_are_refused_on_every_backend(compiled, text):
 def test_the_ebnf_bounds_each_run_of_characters(compiled):
     """The recursive EBNF bounds the runs between groups at every level (here: in a group)."""
     grammars, tokenizer = compiled
-    for run, spelled in ((BOXED_EBNF_RUN, True), (BOXED_EBNF_RUN + 1, False)):
+    for run, spelled in ((BOXED_GROUP_RUN, True), (BOXED_GROUP_RUN + 1, False)):
         ids = tokenizer.encode("\\boxed{x^{" + "7" * run + "}}", add_special_tokens=False)
         for backend in ("xgrammar", "llguidance"):
             assert spells(grammars[backend, "ebnf"], ids, tokenizer.eos_token_id) is spelled, (backend, run)

@@ -101,12 +101,8 @@ def test_provenance_says_trained_and_how():
 def test_committed_checkpoint_scores_on_the_held_out_split():
     """The reference model's held-out accuracy recorded at training time (bfloat16, greedy)."""
     accuracy = PROVENANCE["held_out_reference_bf16"]
-    assert accuracy["math"]["accuracy"] >= 50
-    assert accuracy["choice"]["accuracy"] >= 50  # chance: 25
-
-
-def test_committed_checkpoint_reaches_75_percent_on_multiple_choice():
-    assert PROVENANCE["held_out_reference_bf16"]["choice"]["accuracy"] >= 75
+    assert accuracy["math"]["accuracy"] >= 50  # issue #12's targets
+    assert accuracy["choice"]["accuracy"] >= 75  # chance: 25
 
 
 def test_the_default_model_path_is_the_trained_checkpoint():
@@ -278,12 +274,8 @@ def well_formed(kind: str, text: str, letters) -> bool:
 def test_held_out_accuracy_through_sglang_greedy(engine_replies):
     result = {kind: graded(kind, "greedy", engine_replies) for kind in HELD_OUT}
     print(f"held-out, SGLang bf16 greedy, unconstrained: {result}")
-    assert result["math"]["accuracy"] >= 50
-    assert result["choice"]["accuracy"] >= 50  # chance: 25
-
-
-def test_held_out_multiple_choice_reaches_75_percent_through_sglang(engine_replies):
-    assert graded("choice", "greedy", engine_replies)["accuracy"] >= 75
+    assert result["math"]["accuracy"] >= 50  # issue #12's targets
+    assert result["choice"]["accuracy"] >= 75  # chance: 25
 
 
 def test_unconstrained_format_share_is_measured_at_the_cards_sampling(engine_replies):

@@ -8,8 +8,8 @@ written as ``\\boxed{<answer>}`` matches both forms below (tests/test_boxed_cons
 it with each backend's own compiler).
 
 * ``BOXED_EBNF`` (xgrammar, llguidance): recursive, balanced braces at any depth; the top level
-  as BOXED_REGEX's, each group at most BOXED_EBNF_GROUPS groups and runs of at most
-  BOXED_EBNF_RUN characters.
+  as BOXED_REGEX's, each group at most BOXED_GROUP_GROUPS groups and runs of at most
+  BOXED_GROUP_RUN characters.
 * ``BOXED_REGEX`` (every backend; the only form SGLang's frontend language can send, and the only
   one outlines compiles): a finite regex. Outlines turns a regex into a DFA and then walks every
   vocabulary token from every state, so the DFA must stay small; counting items at every nesting
@@ -58,9 +58,10 @@ def _group(run: int, subgroups: int, inner: tuple[str, int] | None) -> tuple[str
 
 
 BOXED_TOP_RUN, BOXED_TOP_GROUPS = 56, 5
+BOXED_GROUP_RUN, BOXED_GROUP_GROUPS = 16, 2  # in a group: BOXED_REGEX's first level, any BOXED_EBNF group
 _DEPTH3 = _group(4, 0, None)
 _DEPTH2 = _group(8, 1, _DEPTH3)
-_DEPTH1_REGEX, _DEPTH1_LENGTH = _group(16, 2, _DEPTH2)
+_DEPTH1_REGEX, _DEPTH1_LENGTH = _group(BOXED_GROUP_RUN, BOXED_GROUP_GROUPS, _DEPTH2)
 # The answer inside the box: a run or a group first (so it is not empty), then group-run pairs.
 BOXED_CONTENT_REGEX = ("(?:" + _CHAR + f"{{1,{BOXED_TOP_RUN}}}|" + _DEPTH1_REGEX + _run(BOXED_TOP_RUN)
                        + ")(?:" + _DEPTH1_REGEX + _run(BOXED_TOP_RUN) + f"){{0,{BOXED_TOP_GROUPS - 1}}}")
@@ -68,11 +69,10 @@ BOXED_MAX_CHARS = BOXED_TOP_GROUPS * (_DEPTH1_LENGTH + BOXED_TOP_RUN)
 BOXED_REGEX = r"\\boxed\{" + BOXED_CONTENT_REGEX + r"\}"
 BOXED_MAX_TOKENS = BOXED_MAX_CHARS + len("\\boxed{}")
 
-BOXED_EBNF_RUN, BOXED_EBNF_GROUPS = 16, 2
 # Balanced braces at any depth (the recursion of `group`), for sampling_params "ebnf". The top
 # level is BOXED_REGEX's (runs of up to BOXED_TOP_RUN characters around up to BOXED_TOP_GROUPS
-# groups, never empty); every group holds runs of up to BOXED_EBNF_RUN characters around up to
-# BOXED_EBNF_GROUPS groups, as BOXED_REGEX's first level does, at any depth. Small budgets per
+# groups, never empty); every group holds runs of up to BOXED_GROUP_RUN characters around up to
+# BOXED_GROUP_GROUPS groups, as BOXED_REGEX's first level does, at any depth. Small budgets per
 # level keep a box short (with 96-character runs and 16 groups a level, random weights ran past
 # BOXED_MAX_TOKENS). The runs are character-class repetitions, which XGrammar masks in one step:
 # the former form, one `item` rule per character, cost it 1.0 ms a step against 0.05 ms
@@ -83,8 +83,8 @@ top_more ::= (group top_run){{0,{BOXED_TOP_GROUPS - 1}}}
 top_run ::= [^{{}}\x00-\x1f]{{0,{BOXED_TOP_RUN}}}
 top_run1 ::= [^{{}}\x00-\x1f]{{1,{BOXED_TOP_RUN}}}
 group ::= "{{" run more "}}"
-more ::= (group run){{0,{BOXED_EBNF_GROUPS}}}
-run ::= [^{{}}\x00-\x1f]{{0,{BOXED_EBNF_RUN}}}
+more ::= (group run){{0,{BOXED_GROUP_GROUPS}}}
+run ::= [^{{}}\x00-\x1f]{{0,{BOXED_GROUP_RUN}}}
 '''
 
 
