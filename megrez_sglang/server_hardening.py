@@ -31,7 +31,11 @@ is left exactly as upstream ships it.
    with it the server. /detokenize checks its ids the same way (upstream: 500).
 5. A JSON body must be an object: a list, string, number or null reaches pydantic validators that
    call dict methods on it, and the server answers 500 instead of 400. Endpoints that parse their
-   body themselves answer an empty or invalid body with 400 too (upstream: 500).
+   body themselves answer an empty or invalid body with 400 too (upstream: 500). Two fields
+   upstream takes on trust get 400 naming them (upstream: 500): a request id that is not a string
+   (e.g. a list of ids with one prompt), and /vertex_generate's `parameters`, which become
+   /generate's keyword arguments (an unknown one, e.g. max_new_tokens outside sampling_params,
+   was a TypeError).
 6. Websocket connections (/v1/realtime) are authenticated like HTTP requests: SGLang's auth
    middleware only looks at HTTP requests. (Without a websocket library installed, as in this
    project's environment, uvicorn does not upgrade connections at all.)
@@ -45,6 +49,7 @@ is left exactly as upstream ships it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -238,6 +243,23 @@ def check_prompt_tokens(tokenizer_manager, obj, input_ids, *_args, **_kwargs) ->
                                     f"model; {valid}")
 
 
+class RequestIdError(ValueError):
+    """A request id that is not a string (SGLang answers ValueError with 400)."""
+
+
+def check_request_ids(tokenizer_manager, obj, *_args, **_kwargs) -> None:
+    """BEFORE-hook of TokenizerManager._init_req_state, which files each (sub-)request under its
+    id in a dict: an id that is not a string (a list with a single prompt, a number) made that a
+    TypeError, answered with 500. Batches have one id per prompt by then (SGLang normalizes them)."""
+    single = not hasattr(obj, "is_single") or obj.is_single
+    rids = [obj.rid] if single else obj.rid
+    for i, rid in enumerate(rids):
+        if not isinstance(rid, str):
+            where = "rid" if single else f"rid[{i}]"
+            hint = " (a list of ids is for a batch of prompts, one id each)" if isinstance(rid, list) else ""
+            raise RequestIdError(f"{where} must be a string, got {rid!r}{hint}")
+
+
 def check_detokenize_tokens(error: str | None, serving, request, *_args, **_kwargs) -> str | None:
     """AFTER-hook of OpenAIServingDetokenize._validate_request (a message there becomes a 400):
     a negative or huge id made the tokenizer raise OverflowError, answered with 500."""
@@ -289,6 +311,8 @@ class JsonObjectBodyMiddleware:
             chunks.append(message.get("body", b""))
         body = b"".join(chunks)
         error = self.body_error(body)
+        if error is None and scope["path"] == vertex_route():
+            error = vertex_request_error(body)
         if error is not None:
             await self._reject(send, error)
             return
@@ -323,6 +347,40 @@ class JsonObjectBodyMiddleware:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
+
+
+def vertex_route() -> str:
+    return os.environ.get("AIP_PREDICT_ROUTE", "/vertex_generate")  # as SGLang's http_server
+
+
+# /vertex_generate passes these to GenerateReqInput itself, from the instances.
+VERTEX_INSTANCE_FIELDS = ("text", "input_ids", "input_embeds", "image_data")
+
+
+def vertex_request_error(body: bytes) -> str | None:
+    """What is wrong with a /vertex_generate body that SGLang would answer with 500: the endpoint
+    calls GenerateReqInput(**inputs, image_data=..., **parameters), so `parameters` must be an
+    object of /generate's fields other than the inputs."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return None  # FastAPI answers an unparsable body with 400
+    parameters = request.get("parameters") if isinstance(request, dict) else None
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        return f"parameters must be an object of /generate's fields, got {parameters!r}"
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    fields = {f.name for f in dataclasses.fields(GenerateReqInput) if f.init}
+    unknown = sorted(set(parameters) - fields)
+    if unknown:
+        return (f"parameters has fields /generate does not take: {', '.join(unknown)} (sampling settings "
+                'go in parameters.sampling_params, e.g. {"sampling_params": {"max_new_tokens": 16}})')
+    inputs = sorted(set(parameters) & set(VERTEX_INSTANCE_FIELDS))
+    if inputs:
+        return f"parameters must not hold {', '.join(inputs)}: the prompts and images go in instances"
+    return None
 
 
 class WebSocketAuthMiddleware:
@@ -411,6 +469,8 @@ def install() -> None:
         return  # a scheduler or detokenizer: the HTTP server and tokenizer manager live in the main process
     _hook("sglang.srt.server_args.prepare_server_args", keys_from_environment, HookType.AFTER)
     _hook("sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request", check_prompt_tokens,
+          HookType.BEFORE)
+    _hook("sglang.srt.managers.tokenizer_manager.TokenizerManager._init_req_state", check_request_ids,
           HookType.BEFORE)
     _hook("sglang.srt.entrypoints.http_server._freeze_gc_after_server_warmup", freeze_gc_in_process,
           HookType.REPLACE)

@@ -311,6 +311,46 @@ def test_token_ids_outside_the_vocabulary_get_400_naming_them_and_the_server_kee
     assert healthy(server.url) and generates(server.url)
 
 
+# Fields SGLang takes on trust (each of these was a TypeError inside it: 500).
+FIELD_CASES = {
+    "/generate a list of ids with one prompt": (
+        "/generate", {"text": "你好", "rid": ["a", "b"], "sampling_params": {"max_new_tokens": 2}},
+        "rid must be a string, got ['a', 'b'] (a list of ids is for a batch of prompts"),
+    "chat a list of ids": (
+        "/v1/chat/completions", {"model": "megrez-moe", "messages": [{"role": "user", "content": "你好"}],
+                                 "max_tokens": 2, "rid": ["x", "y"]}, "rid must be a string, got ['x', 'y']"),
+    "/vertex_generate max_new_tokens outside sampling_params": (
+        "/vertex_generate", {"instances": [{"text": "你好"}], "parameters": {"max_new_tokens": 2}},
+        "parameters has fields /generate does not take: max_new_tokens (sampling settings go in "
+        "parameters.sampling_params"),
+    "/vertex_generate a prompt in parameters": (
+        "/vertex_generate", {"instances": [{"text": "你好"}], "parameters": {"text": "x"}},
+        "parameters must not hold text: the prompts and images go in instances"),
+    "/vertex_generate parameters not an object": (
+        "/vertex_generate", {"instances": [{"text": "你好"}], "parameters": [1]},
+        "parameters must be an object of /generate's fields, got [1]"),
+}
+
+
+@pytest.mark.parametrize("case", FIELD_CASES)
+def test_fields_sglang_takes_on_trust_get_400_naming_them(server, case):
+    path, body, message = FIELD_CASES[case]
+    r = requests.post(f"{server.url}{path}", headers=bearer(API_KEY), json=body, timeout=60)
+    assert r.status_code == 400 and message in error_message(r), r.text[:300]
+    assert healthy(server.url)
+
+
+def test_the_same_fields_written_right_are_served(server):
+    r = requests.post(f"{server.url}/generate", headers=bearer(API_KEY), timeout=60,
+                      json={"text": "你好", "rid": "megrez-rid-1", "sampling_params": {"max_new_tokens": 2}})
+    assert r.status_code == 200 and r.json()["meta_info"]["id"] == "megrez-rid-1", r.text[:300]
+    r = requests.post(f"{server.url}/vertex_generate", headers=bearer(API_KEY), timeout=60, json={
+        "instances": [{"text": "你好"}, {"text": "世界"}],
+        "parameters": {"sampling_params": {"max_new_tokens": 2}}})
+    assert r.status_code == 200, r.text[:300]
+    assert [p["meta_info"]["completion_tokens"] for p in r.json()["predictions"]] == [2, 2]
+
+
 def test_the_first_and_last_token_ids_are_accepted(server, vocab_size):
     r = requests.post(f"{server.url}/generate", headers=bearer(API_KEY), timeout=60, json={
         "input_ids": [0, vocab_size - 1], "return_logprob": True, "token_ids_logprob": [0, vocab_size - 1],
