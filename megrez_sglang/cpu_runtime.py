@@ -5,7 +5,7 @@ SGLang 0.5.23 needs two things on such a host (see the stand-in's docstring for 
 ``sys.path``) so that the scheduler and detokenizer processes SGLang spawns see them too. On a
 CUDA host nothing is changed.
 
-``python -m megrez_sglang.cpu_runtime`` prints the same settings as shell ``export`` lines, for
+``python -m megrez_sglang.cpu_env`` prints the same settings as shell ``export`` lines, for
 starting SGLang's own entry points (``python -m sglang.launch_server``) by hand.
 """
 
@@ -82,10 +82,3 @@ def configure_sglang_for_host() -> str:
     if str(STANDIN_DIR) not in sys.path:
         sys.path.insert(0, str(STANDIN_DIR))
     return device
-
-
-if __name__ == "__main__":
-    import shlex
-
-    for key, value in {"SGLANG_EXTERNAL_MODEL_PACKAGE": MODEL_PACKAGE, **cpu_engine_environment()}.items():
-        print(f"export {key}={shlex.quote(value)}")

@@ -1,7 +1,8 @@
 """The CPU runtime: SGLang's CPU engine configured by the package, the sgl_kernel stand-in."""
 
 import os
-import runpy
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,16 @@ def test_sglang_sees_a_cpu_host_without_amx_kernels():
     assert cpu_has_amx_support() is False  # so every layer takes its forward_native path
 
 
-def test_print_env_exports_the_settings_for_sglangs_own_entry_points(capsys):
-    runpy.run_module("megrez_sglang.cpu_runtime", run_name="__main__")
-    out = capsys.readouterr().out
-    assert "export SGLANG_USE_CPU_ENGINE=1" in out
-    assert f"export PYTHONPATH={cpu_runtime.STANDIN_DIR}" in out
+def test_the_readmes_eval_line_exports_the_settings_for_sglangs_own_entry_points():
+    """`eval "$(python -m megrez_sglang.cpu_env)"` in a shell, as README.md says, from a
+    clean environment: the variables arrive, and nothing is printed on stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGLANG_") and k != "PYTHONPATH"}
+    script = ('eval "$(python -m megrez_sglang.cpu_env)" && '
+              'echo "$SGLANG_USE_CPU_ENGINE $SGLANG_EXTERNAL_MODEL_PACKAGE ${PYTHONPATH%%:*}"')
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                       cwd=tempfile.gettempdir())
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.split() == ["1", "megrez_sglang.sglang_models", str(cpu_runtime.STANDIN_DIR)]
 
 
 def test_forcing_cuda_changes_nothing(monkeypatch):
