@@ -166,21 +166,29 @@ def build_checkpoint(
     max_shard_size: str = "5GB",
     bigram_prior: float = DEFAULT_BIGRAM_PRIOR,
 ) -> Path:
-    out_dir = Path(out_dir)
     tokenizer = train_tokenizer(TOKENIZER_VOCAB)
     config = make_config(preset, tokenizer, overrides)  # validates before anything is written
+    state_dict = random_state_dict(config, seed, bigram_prior) if preset != "real-config" else None
+    provenance = {"weights": "random" if preset != "real-config" else "none", "preset": preset,
+                  "seed": seed, "bigram_prior": bigram_prior, "overrides": overrides or {}}
+    return write_checkpoint(out_dir, config, tokenizer, state_dict, provenance, max_shard_size)
+
+
+def write_checkpoint(out_dir: str | Path, config, tokenizer, state_dict: dict | None, provenance: dict,
+                     max_shard_size: str = "5GB") -> Path:
+    """A checkpoint folder in the real layout, replacing `out_dir`: config.json,
+    generation_config.json, the tokenizer's files, the weights (none: a config-only checkpoint)
+    and the provenance (megrez_sglang.json). The builder's and the trainer's output alike."""
+    out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-
     (out_dir / "config.json").write_text(json.dumps(config.legacy_dict(), indent=2) + "\n")
     write_generation_config(out_dir, tokenizer, config)
     save_tokenizer(tokenizer, out_dir, model_max_length=config.max_position_embeddings)
-    if preset != "real-config":
-        save_weights(random_state_dict(config, seed, bigram_prior), out_dir, max_shard_size)
-    provenance = {"weights": "random" if preset != "real-config" else "none", "preset": preset,
-                  "seed": seed, "bigram_prior": bigram_prior, "overrides": overrides or {}}
-    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    if state_dict is not None:
+        save_weights(state_dict, out_dir, max_shard_size)
+    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
     return out_dir
 
 

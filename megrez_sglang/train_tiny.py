@@ -21,7 +21,6 @@ thread count give the same weights on the same machine.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .build_checkpoint import make_config, save_weights, write_generation_config
+from .build_checkpoint import make_config, write_checkpoint
 from .prompts import load_prompt
 from .tiny_corpus import OTHER_SYSTEM_PROMPTS, TaskItem, fact_items, held_out_items, training_item
 from .tokenizer import STOP_TOKENS, save_tokenizer, train_tokenizer
@@ -316,17 +315,9 @@ def state_dict_bf16(model) -> dict[str, torch.Tensor]:
             .contiguous() for name, t in model.state_dict().items()}
 
 
-def write_checkpoint(out_dir: Path, model, config, raw_tokenizer, provenance: dict) -> None:
-    import shutil
-
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    (out_dir / "config.json").write_text(json.dumps(config.legacy_dict(), indent=2) + "\n")
-    write_generation_config(out_dir, raw_tokenizer, config)
-    save_tokenizer(raw_tokenizer, out_dir, model_max_length=config.max_position_embeddings)
-    save_weights(state_dict_bf16(model), out_dir, max_shard_size="5GB")
-    (out_dir / "megrez_sglang.json").write_text(json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
+def write_trained_checkpoint(out_dir: Path, model, config, raw_tokenizer, provenance: dict) -> None:
+    """The builder's layout with the trained bfloat16 weights, plus the model card (README.md)."""
+    write_checkpoint(out_dir, config, raw_tokenizer, state_dict_bf16(model), provenance)
     (out_dir / "README.md").write_text(model_card(config, provenance))
 
 
@@ -421,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "held_out_reference_bf16": accuracy,
     }
-    write_checkpoint(args.out_dir, model, config, raw_tokenizer, provenance)
+    write_trained_checkpoint(args.out_dir, model, config, raw_tokenizer, provenance)
     print(args.out_dir)
     return 0
 

@@ -30,7 +30,7 @@ from megrez_sglang.model_path import TRAINED_CHECKPOINT, resolve_model_path
 from megrez_sglang.reference import checkpoint_layout
 from megrez_sglang.server import ServerProcess
 from megrez_sglang.tiny_corpus import CARD_CHAT, CARD_COMPLETION, held_out_items, is_held_out, training_item
-from megrez_sglang.train_tiny import Encoder, Recipe, greedy_replies, train
+from megrez_sglang.train_tiny import Encoder, Recipe, greedy_replies, train, write_trained_checkpoint
 
 from .conftest import API_KEY, ROOT
 
@@ -118,16 +118,44 @@ def test_chat_template_inserts_the_checkpoints_default_system_prompt():
                     "<|role_start|>assistant<|role_end|>")
 
 
-def test_training_reproduces_the_committed_first_steps():
+FIRST_STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def first_steps():
+    """The committed recipe's first training steps: (model, config, raw tokenizer, tokenizer,
+    losses, digests)."""
+    recipe = Recipe(**{k: v for k, v in PROVENANCE["recipe"].items() if k in Recipe.__dataclass_fields__})
+    return train(recipe, stop_after=FIRST_STEPS, log=lambda line: None)
+
+
+def test_training_reproduces_the_committed_first_steps(first_steps):
     """The script still makes these weights: its first steps (tokenizer, corpus, initialisation,
     optimiser, bias updates) give the losses and weight fingerprints recorded at training time."""
-    recipe = Recipe(**{k: v for k, v in PROVENANCE["recipe"].items() if k in Recipe.__dataclass_fields__})
-    steps = 2
-    *_, tokenizer, losses, digests = train(recipe, stop_after=steps, log=lambda line: None)
+    *_, tokenizer, losses, digests = first_steps
     committed_tokenizer = json.loads((TRAINED_CHECKPOINT / "tokenizer.json").read_text())
     assert json.loads(tokenizer.backend_tokenizer.to_str()) == committed_tokenizer
-    assert losses == pytest.approx(PROVENANCE["first_losses"][:steps], rel=1e-5)
-    assert digests == pytest.approx(PROVENANCE["first_digests"][:steps], rel=1e-6)
+    assert losses == pytest.approx(PROVENANCE["first_losses"][:FIRST_STEPS], rel=1e-5)
+    assert digests == pytest.approx(PROVENANCE["first_digests"][:FIRST_STEPS], rel=1e-6)
+
+
+def test_the_trainer_writes_the_committed_layout(first_steps, tmp_path):
+    """What the trainer writes, given the committed provenance, is the committed folder file for
+    file (every file but the weights byte-identical; the weights at the same names, shapes and
+    dtypes)."""
+    model, config, raw_tokenizer, *_ = first_steps
+    write_trained_checkpoint(tmp_path, model, config, raw_tokenizer, PROVENANCE)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted(p.name for p in TRAINED_CHECKPOINT.iterdir() if p.name != "__pycache__")
+    for name in files:
+        if not name.endswith(".safetensors"):
+            assert (tmp_path / name).read_bytes() == (TRAINED_CHECKPOINT / name).read_bytes(), name
+
+    def tensors(folder):
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            return {name: (f.get_slice(name).get_shape(), f.get_slice(name).get_dtype()) for name in f.keys()}
+
+    assert tensors(tmp_path) == tensors(TRAINED_CHECKPOINT)
 
 
 # --- quick: the held-out split ------------------------------------------------------------------------
