@@ -3,9 +3,8 @@ SGLang's own entry points (``sglang serve``, ``python -m sglang.launch_server``)
 
     eval "$(python -m megrez_sglang.cpu_env)"
 
-Nothing is printed for the CPU engine on a CUDA host (only the model package). A module of its own:
-run as ``python -m megrez_sglang.cpu_runtime``, Python warned on stderr that the package had
-already imported that module.
+On a CUDA host only the model package is exported. A module of its own: run as ``python -m
+megrez_sglang.cpu_runtime`` (which the package imports first), Python warned on stderr.
 """
 
 import shlex

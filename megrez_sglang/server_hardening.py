@@ -254,7 +254,7 @@ def check_request_ids(tokenizer_manager, obj, *_args, **_kwargs) -> None:
     single = not hasattr(obj, "is_single") or obj.is_single
     rids = [obj.rid] if single else obj.rid
     for i, rid in enumerate(rids):
-        if not isinstance(rid, str):
+        if rid is not None and not isinstance(rid, str):  # None: SGLang assigns one
             where = "rid" if single else f"rid[{i}]"
             hint = " (a list of ids is for a batch of prompts, one id each)" if isinstance(rid, list) else ""
             raise RequestIdError(f"{where} must be a string, got {rid!r}{hint}")
