@@ -146,7 +146,7 @@ def test_the_trainer_writes_the_committed_layout(first_steps, tmp_path):
     model, config, raw_tokenizer, *_ = first_steps
     write_trained_checkpoint(tmp_path, model, config, raw_tokenizer, PROVENANCE)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == sorted(p.name for p in TRAINED_CHECKPOINT.iterdir() if p.name != "__pycache__")
+    assert files == sorted(p.name for p in TRAINED_CHECKPOINT.iterdir())
     for name in files:
         if not name.endswith(".safetensors"):
             assert (tmp_path / name).read_bytes() == (TRAINED_CHECKPOINT / name).read_bytes(), name
