@@ -3,6 +3,7 @@
     python -m megrez_sglang.server [MODEL_PATH] [--host H] [--port P] [--tp N] [--dp N]
                                    [--nnodes N --node-rank R --dist-init-addr HOST:PORT]
                                    [--served-model-name NAME] [--shutdown-timeout S]
+                                   [--max-n N] [--max-prompts N] [--max-request-tokens N]
                                    [-- extra SGLang flags]
 
 (launch_server.sh is the user-facing wrapper.) Checks the model path, the keys and the port first,
@@ -42,6 +43,9 @@ from .server_hardening import (
     ADMIN_API_KEY_ENV,
     API_KEY_ENV,
     DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_MAX_N,
+    DEFAULT_MAX_PROMPTS,
+    AdmissionLimits,
     KeyConfigurationError,
     hardened_server_environment,
 )
@@ -220,10 +224,22 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--shutdown-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
                    help="on SIGTERM, seconds the requests in flight get to finish before they are "
                    f"aborted (default {DEFAULT_DRAIN_TIMEOUT_S:.0f})")
+    limits = p.add_argument_group("admission limits: what one request may ask for (more: a 400 naming "
+                                  "the limit)")
+    limits.add_argument("--max-n", type=int, default=DEFAULT_MAX_N, metavar="N",
+                        help=f"samples per prompt (OpenAI's n; default {DEFAULT_MAX_N})")
+    limits.add_argument("--max-prompts", type=int, default=DEFAULT_MAX_PROMPTS, metavar="N",
+                        help=f"prompts in one request (/generate and /v1/completions lists; default "
+                        f"{DEFAULT_MAX_PROMPTS})")
+    limits.add_argument("--max-request-tokens", type=int, default=0, metavar="N",
+                        help="new tokens one request may ask for in all, prompts x n x max_tokens (an unset "
+                        "max_tokens counts as the context length); default 0: the KV pool's size")
     args = p.parse_args(argv)
-    for name in ("tp", "dp", "nnodes"):
+    for name in ("tp", "dp", "nnodes", "max_n", "max_prompts"):
         if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_request_tokens < 0:
+        p.error(f"--max-request-tokens must be >= 0 (0: the KV pool's size), got {args.max_request_tokens}")
     if not 0 <= args.node_rank < args.nnodes:
         p.error(f"--node-rank must lie in 0..{args.nnodes - 1} (--nnodes {args.nnodes}), "
                 f"got {args.node_rank}")
@@ -271,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         constrained_json_disable_any_whitespace=True,
     )
     # After engine_args: it may have set this host's CPU thread binding in os.environ.
-    environment = hardened_server_environment(drain_timeout_s=args.shutdown_timeout)
+    environment = hardened_server_environment(
+        drain_timeout_s=args.shutdown_timeout,
+        limits=AdmissionLimits(args.max_n, args.max_prompts, args.max_request_tokens))
     process = subprocess.Popen(serve_command(server_args, extra), start_new_session=True, env=environment)
 
     def on_signal(signum, _frame):

@@ -55,6 +55,7 @@ import logging
 import multiprocessing
 import os
 import pkgutil
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -92,10 +93,11 @@ def environment_keys(base: Mapping[str, str] | None = None) -> tuple[str | None,
 
 
 def hardened_server_environment(base: Mapping[str, str] | None = None, *,
-                                drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> dict[str, str]:
+                                drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+                                limits: AdmissionLimits | None = None) -> dict[str, str]:
     """The environment to start `sglang serve` with: `base` (default os.environ), with the keys it
-    holds checked, the switch that makes this package's plugin harden the server, and how long
-    requests in flight may run after SIGTERM."""
+    holds checked, the switch that makes this package's plugin harden the server, how long
+    requests in flight may run after SIGTERM, and what one request may ask for."""
     env = dict(os.environ if base is None else base)
     keys = environment_keys(env)
     for name, value in zip((API_KEY_ENV, ADMIN_API_KEY_ENV), keys, strict=True):
@@ -103,6 +105,7 @@ def hardened_server_environment(base: Mapping[str, str] | None = None, *,
             env.pop(name, None)
     env[HARDENING_ENV] = "1"
     env[DRAIN_TIMEOUT_ENV] = str(drain_timeout_s)
+    env.update((limits or AdmissionLimits()).as_environment())
     return env
 
 
@@ -316,6 +319,8 @@ class JsonObjectBodyMiddleware:
         if error is not None:
             await self._reject(send, error)
             return
+        if scope["path"] == "/v1/completions":
+            body = prompt_logprobs_only(body, scope)
         replayed = False
 
         async def replay():
@@ -329,6 +334,9 @@ class JsonObjectBodyMiddleware:
 
     @staticmethod
     def body_error(body: bytes) -> str | None:
+        if nests_deeper_than(body, MAX_JSON_DEPTH):
+            return (f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; "
+                    "no request of this API needs that")
         stripped = body.lstrip()
         if not stripped or stripped[:1] == b"{":
             return None
@@ -347,6 +355,57 @@ class JsonObjectBodyMiddleware:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
+
+
+# Python's json (FastAPI's parser) recurses once per level and raises RecursionError (500) near
+# 1000; the deepest bodies this API takes (JSON schemas, tool parameters) need a few dozen.
+MAX_JSON_DEPTH = 128
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
+def nests_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether a JSON text opens more than `limit` arrays/objects inside one another (brackets
+    inside strings do not count); linear, and no recursion."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for bracket in _JSON_STRING.sub(b"", body).translate(None, _NOT_A_BRACKET):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+PROMPT_LOGPROBS_ONLY = "megrez_prompt_logprobs_only"  # key in the request's scope["state"]
+
+
+def prompt_logprobs_only(body: bytes, scope) -> bytes:
+    """A /v1/completions body with echo and max_tokens 0 (OpenAI's legacy API: the prompt's
+    logprobs, nothing generated) is one SGLang's request model refuses ("max_tokens must be
+    positive") before any code of ours runs: it goes on with max_tokens 1 and a mark in the
+    request's state, and zero_new_tokens_for_echo() asks SGLang for no new token."""
+    if b'"echo"' not in body:
+        return body
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return body
+    if not (isinstance(request, dict) and request.get("echo") is True and request.get("max_tokens") == 0
+            and type(request["max_tokens"]) is int):  # noqa: E721 - 0.0 and false are not 0
+        return body
+    scope.setdefault("state", {})[PROMPT_LOGPROBS_ONLY] = True
+    return json.dumps({**request, "max_tokens": 1}).encode()
+
+
+def zero_new_tokens_for_echo(result, _serving, _request, raw_request=None, *_args, **_kwargs):
+    """AFTER-hook of OpenAIServingCompletion._convert_to_internal_request: see prompt_logprobs_only."""
+    if raw_request is not None and raw_request.scope.get("state", {}).get(PROMPT_LOGPROBS_ONLY):
+        adapted, _ = result
+        for params in adapted.sampling_params if isinstance(adapted.sampling_params, list) else \
+                [adapted.sampling_params]:
+            params["max_new_tokens"] = 0
+    return result
 
 
 def vertex_route() -> str:
@@ -430,6 +489,268 @@ async def invalid_json_body(request, exc: json.JSONDecodeError):
 
 
 # ---------------------------------------------------------------------------------------------
+# 10. admission limits
+
+MAX_N_ENV = "MEGREZ_MAX_N"
+MAX_PROMPTS_ENV = "MEGREZ_MAX_PROMPTS"
+MAX_REQUEST_TOKENS_ENV = "MEGREZ_MAX_REQUEST_TOKENS"
+DEFAULT_MAX_N = 16  # samples per prompt (OpenAI's n)
+DEFAULT_MAX_PROMPTS = 64  # prompts in one request (/generate and /v1/completions lists)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdmissionLimits:
+    """What one request may ask for. Upstream SGLang takes any n: one chat with "n": 25000 kept
+    every other request waiting for minutes. A request is refused (400, naming the limit) when
+    it asks for more than `max_n` samples of a prompt, more than `max_prompts` prompts, or more
+    new tokens than `max_request_tokens` in all (prompts x n x max_tokens; a max_tokens left unset
+    counts as the most SGLang would let one sequence grow: the context length, at most the KV
+    pool). 0 for max_request_tokens: the server's KV pool (max_total_num_tokens)."""
+
+    max_n: int = DEFAULT_MAX_N
+    max_prompts: int = DEFAULT_MAX_PROMPTS
+    max_request_tokens: int = 0
+
+    @classmethod
+    def from_environment(cls) -> AdmissionLimits:
+        return cls(int(os.environ.get(MAX_N_ENV, DEFAULT_MAX_N)),
+                   int(os.environ.get(MAX_PROMPTS_ENV, DEFAULT_MAX_PROMPTS)),
+                   int(os.environ.get(MAX_REQUEST_TOKENS_ENV, 0)))
+
+    def as_environment(self) -> dict[str, str]:
+        return {MAX_N_ENV: str(self.max_n), MAX_PROMPTS_ENV: str(self.max_prompts),
+                MAX_REQUEST_TOKENS_ENV: str(self.max_request_tokens)}
+
+    def error(self, prompts: int, n: int, max_new_tokens: list[int | None], context_len: int,
+              kv_pool: int) -> str | None:
+        """Why a request of `prompts` prompts, `n` samples each, and these max_new_tokens (one per
+        prompt; None: unset) is refused, or None."""
+        if n > self.max_n:
+            return (f"n = {n} is above this server's limit of {self.max_n} samples per prompt "
+                    f"(launch_server.sh --max-n); send several requests instead")
+        if prompts > self.max_prompts:
+            return (f"the request holds {prompts} prompts, above this server's limit of {self.max_prompts} "
+                    "per request (launch_server.sh --max-prompts); split it")
+        budget = self.max_request_tokens or kv_pool
+        unset = min(context_len, kv_pool)
+        asked = n * sum(unset if m is None else m for m in max_new_tokens)
+        if asked > budget:
+            per = "max_tokens" if all(m is not None for m in max_new_tokens) else \
+                f"max_tokens (unset counts as {unset}: the context length, at most the KV pool)"
+            return (f"the request asks for up to {asked} new tokens ({prompts} prompt(s) x n = {n} x {per}), "
+                    f"above this server's limit of {budget} per request (launch_server.sh "
+                    f"--max-request-tokens{'' if self.max_request_tokens else '; by default its KV pool'}); "
+                    "lower n or max_tokens")
+        return None
+
+
+def _server_sizes(tokenizer_manager) -> tuple[int, int]:
+    """(context length, KV pool size in tokens) of the running server."""
+    from sglang.srt.entrypoints.http_server import get_global_state
+
+    pool = get_global_state().scheduler_info.get("max_total_num_tokens") or tokenizer_manager.context_len
+    return tokenizer_manager.context_len, pool
+
+
+class AdmissionError(ValueError):
+    """A request above the admission limits (SGLang answers ValueError with 400)."""
+
+
+def _count(value, is_one) -> int:
+    """How many prompts a text / input_ids / input_embeds field holds (0: absent)."""
+    if value is None:
+        return 0
+    return 1 if is_one(value) else len(value)
+
+
+def check_admission(tokenizer_manager, obj, *_args, **_kwargs) -> None:
+    """BEFORE-hook of TokenizerManager.generate_request, which every generation route calls
+    (/generate, the OpenAI and Ollama routes, /vertex_generate, the frontend language) before
+    it splits the request: its size against the admission limits, and input_embeds' shape."""
+    from sglang.srt.managers.io_struct import GenerateReqInput
+
+    if not isinstance(obj, GenerateReqInput):
+        return
+    check_input_embeds(obj.input_embeds, tokenizer_manager.model_config.hidden_size)
+    prompts = max(_count(obj.text, lambda t: isinstance(t, str)),
+                  _count(obj.input_ids, lambda ids: not ids or not isinstance(ids[0], list)),
+                  _count(obj.input_embeds, lambda e: not e or not isinstance(e[0][0], list)), 1)
+    params = obj.sampling_params
+    per_prompt = params if isinstance(params, list) else [params or {}] * prompts
+    n = max((p.get("n") or 1 for p in per_prompt), default=1)
+    # /generate's default is SamplingParams' 128; OpenAI routes pass None when max_tokens is unset
+    max_new = [p.get("max_new_tokens", 128) for p in per_prompt]
+    error = AdmissionLimits.from_environment().error(prompts, n, max_new, *_server_sizes(tokenizer_manager))
+    if error:
+        raise AdmissionError(error)
+
+
+def check_openai_request(error: str | None, serving, request, *_args, **_kwargs) -> str | None:
+    """AFTER-hook of the OpenAI chat and completions servings' _validate_request (a message there
+    becomes a 400 before a stream starts; check_admission alone would refuse a streamed request
+    inside its 200 stream): the admission limits, and two fields SGLang takes without doing what
+    they ask (best_of; echo with logprobs 0)."""
+    if error:
+        return error
+    if getattr(request, "echo", False) and getattr(request, "logprobs", None) == 0:
+        return ("echo with logprobs = 0 returns no logprobs for the prompt in SGLang; ask for logprobs = 1 "
+                "(the prompt's logprobs and the top alternative at each position)")
+    best_of = getattr(request, "best_of", None)
+    if best_of not in (None, 1):
+        return (f"best_of = {best_of} is not supported: SGLang ignores best_of; ask for n samples and "
+                "choose among them by their logprobs")
+    prompt = getattr(request, "prompt", None)
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
+    max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
+    return AdmissionLimits.from_environment().error(prompts, request.n or 1, [max_tokens] * prompts,
+                                                    *_server_sizes(serving.tokenizer_manager))
+
+
+def check_input_embeds(input_embeds, hidden_size: int) -> None:
+    """input_embeds, if given, is one prompt (a list of vectors) or a batch of them, each vector
+    `hidden_size` numbers: an empty one made SGLang's batch-size detection fail (500)."""
+    if input_embeds is None:
+        return
+    if not isinstance(input_embeds, list) or not input_embeds:
+        raise ValueError("input_embeds must be a non-empty list of vectors (one per prompt position), "
+                         "or a list of such lists")
+    batch = input_embeds if isinstance(input_embeds[0], list) and input_embeds[0] and \
+        isinstance(input_embeds[0][0], list) else [input_embeds]
+    for i, prompt in enumerate(batch):
+        if not isinstance(prompt, list) or not prompt:
+            raise ValueError(f"input_embeds[{i}] is empty: a prompt needs at least one position")
+        for j, vector in enumerate(prompt):
+            if not isinstance(vector, list) or len(vector) != hidden_size:
+                where = f"input_embeds[{i}][{j}]" if len(batch) > 1 else f"input_embeds[{j}]"
+                size = len(vector) if isinstance(vector, list) else type(vector).__name__
+                raise ValueError(f"{where} has {size} values; each position is a vector of this model's "
+                                 f"hidden size, {hidden_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. client errors answered with 500, and error messages
+
+
+def client_error(request, exc: ValueError):
+    """Exception handler for ValueError: SGLang's request handlers signal a bad request with it
+    (its /generate and OpenAI routes answer it with 400); the routes that do not catch it
+    (/api/chat, /api/generate, /parse_function_call, /separate_reasoning) answered 500."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(bad_request_content(str(exc) or type(exc).__name__), status_code=400)
+
+
+MAX_VALIDATION_ERRORS_SHOWN = 5
+
+
+def validation_message(errors: list[dict]) -> str:
+    """pydantic's errors as "field: problem" (e.g. "messages[0].content: Field required"); SGLang's
+    message was str() of FastAPI's exception: Python reprs, the input echoed back, and the server's
+    file path and line."""
+    parts = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        where = ""
+        for part in loc[1:] if loc[:1] == ["body"] else loc:
+            if isinstance(part, int):
+                where += f"[{part}]"
+            elif not _UNION_MEMBER.search(str(part)):  # which alternative of a union pydantic tried
+                where += f".{part}" if where else str(part)
+        part = f"{where or 'the request body'}: {error.get('msg', 'invalid')}"
+        if part not in parts:
+            parts.append(part)
+    shown = parts[:MAX_VALIDATION_ERRORS_SHOWN]
+    if len(parts) > len(shown):
+        shown.append(f"and {len(parts) - len(shown)} more")
+    return "; ".join(shown) or "the request is invalid"
+
+
+# pydantic's names for union members in an error's location: "str", "list[int]",
+# "function-after[validator(), Model]", "ChatCompletionMessageUserParam"
+_UNION_MEMBER = re.compile(r"[\[\](),-]|^[A-Z]|^(str|int|float|bool|dict|list|none|null)$")
+
+
+def validation_error_handler(sglang_handler):
+    """Exception handler for RequestValidationError (400, as SGLang's) with validation_message();
+    /v1/messages (Anthropic's envelope) and /v1/systemone (its documented 422) keep SGLang's own,
+    which leave the path out already."""
+
+    async def handler(request, exc):
+        from fastapi.responses import JSONResponse
+
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if path.startswith("/v1/messages") or path == "/v1/systemone":
+            return await sglang_handler(request, exc)
+        message = validation_message(exc.errors())
+        if path.startswith("/v1/responses"):
+            return JSONResponse({"error": {"message": message, "type": "Bad Request", "param": None,
+                                           "code": 400}}, status_code=400)
+        return JSONResponse(bad_request_content(message), status_code=400)
+
+    return handler
+
+
+def check_tool_call_parser(parser, *args, **kwargs) -> None:
+    """BEFORE-hook of FunctionCallParser.__init__ (/parse_function_call names the parser in its
+    body): the condition SGLang raises on, with the names it knows."""
+    name = kwargs.get("tool_call_parser", args[1] if len(args) > 1 else None)
+    known = type(parser).ToolCallParserEnum
+    if name not in known:
+        raise ValueError(f"tool_call_parser {name!r} is not a parser this server knows; one of: "
+                         f"{', '.join(sorted(known))}")
+
+
+def check_reasoning_parser(parser, *args, **kwargs) -> None:
+    """BEFORE-hook of ReasoningParser.__init__ (/separate_reasoning names it in its body)."""
+    name = kwargs.get("model_type", args[0] if args else None)
+    known = type(parser).DetectorMap
+    if not isinstance(name, str) or name.lower() not in known:
+        raise ValueError(f"reasoning_parser {name!r} is not a parser this server knows; one of: "
+                         f"{', '.join(sorted(known))}")
+
+
+def ollama_sampling_params(params: dict, _serving, options: dict | None = None, *_args, **_kwargs) -> dict:
+    """AFTER-hook of OllamaServing._convert_options_to_sampling_params. Without options.num_predict
+    SGLang asked for 2048 new tokens whatever the context (above it: 500, or a stream that broke
+    off); unset, SGLang caps a reply to what the context leaves, as /v1/* do without max_tokens.
+    Ollama's `seed` is SGLang's sampling_seed (as `seed` it was an unknown sampling parameter)."""
+    if not options or options.get("num_predict") is None:
+        params["max_new_tokens"] = None
+    if "seed" in params:
+        params["sampling_seed"] = params.pop("seed")
+    return params
+
+
+async def first_chunk_before_the_response(original, *args, **kwargs):
+    """AROUND-hook of OllamaServing's _stream_*_response: the stream's first chunk is computed
+    before the response starts, so that a request SGLang refuses (a ValueError: the prompt is too
+    long, a parameter out of range) is answered 400 instead of a 200 stream that breaks off."""
+    response = await original(*args, **kwargs)
+    chunks = response.body_iterator
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        return response
+
+    async def the_whole_stream():
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    response.body_iterator = the_whole_stream()
+    return response
+
+
+class EchoWithLogprobsWarning(logging.Filter):
+    """SGLang warns "Echo is not compatible with logprobs" on every /v1/completions request with
+    echo and logprobs, then returns the prompt's logprobs all the same (lm-evaluation-harness's
+    log-likelihood requests are all such requests)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Echo is not compatible with logprobs")
+
+
+# ---------------------------------------------------------------------------------------------
 # 8. shutdown
 
 
@@ -479,10 +800,30 @@ def install() -> None:
           check_detokenize_tokens, HookType.AFTER)
     _hook("sglang.srt.managers.tokenizer_manager.SignalHandler.sigterm_handler", sigterm_with_drain_deadline,
           HookType.AROUND)
+    _hook("sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request", check_admission,
+          HookType.BEFORE)
+    for serving in ("serving_chat.OpenAIServingChat", "serving_completions.OpenAIServingCompletion"):
+        _hook(f"sglang.srt.entrypoints.openai.{serving}._validate_request", check_openai_request,
+              HookType.AFTER)
+    _hook("sglang.srt.function_call.function_call_parser.FunctionCallParser.__init__", check_tool_call_parser,
+          HookType.BEFORE)
+    _hook("sglang.srt.parser.reasoning_parser.ReasoningParser.__init__", check_reasoning_parser,
+          HookType.BEFORE)
+    ollama = "sglang.srt.entrypoints.ollama.serving.OllamaServing"
+    _hook(f"{ollama}._convert_options_to_sampling_params", ollama_sampling_params, HookType.AFTER)
+    _hook("sglang.srt.entrypoints.openai.serving_completions.OpenAIServingCompletion._convert_to_internal_request",
+          zero_new_tokens_for_echo, HookType.AFTER)
+    for stream in ("_stream_chat_response", "_stream_generate_response"):
+        _hook(f"{ollama}.{stream}", first_chunk_before_the_response, HookType.AROUND)
+    logging.getLogger("sglang.srt.entrypoints.openai.serving_completions").addFilter(EchoWithLogprobsWarning())
+    from fastapi.exceptions import RequestValidationError
     from sglang.srt.entrypoints.http_server import app
 
     # Added before SGLang adds its auth middleware, so it runs after authentication.
     app.add_middleware(JsonObjectBodyMiddleware)
     app.add_middleware(WebSocketAuthMiddleware)
+    app.add_exception_handler(ValueError, client_error)
     app.add_exception_handler(json.JSONDecodeError, invalid_json_body)  # orjson's error subclasses it
+    app.add_exception_handler(RequestValidationError,
+                              validation_error_handler(app.exception_handlers[RequestValidationError]))
     require_admin_key_for_control_endpoints(app)
