@@ -3,12 +3,12 @@
     python -m megrez_sglang.build_checkpoint OUT_DIR [--preset tiny|small|real-config]
                                              [--seed N] [--set field=value ...]
 
-Writes config.json (the real field set, transformers-4 layout with auto_map), safetensors of the
-reference model's seeded random weights under the real tensor names (bfloat16; the correction
-biases float32), generation_config.json (the card's sampling), a tokenizer trained here
-(see megrez_sglang.tokenizer) and megrez_sglang.json, which says the weights are random.
-``real-config`` writes the config and tokenizer only, at the real shapes. The same arguments give
-byte-identical files.
+Writes config.json (the real field set, transformers-4 layout, but no auto_map: see
+MegrezMoeConfig.legacy_dict), safetensors of the reference model's seeded random weights under
+the real tensor names (bfloat16; the correction biases float32), generation_config.json (the
+card's sampling), a tokenizer trained here (see megrez_sglang.tokenizer) and megrez_sglang.json,
+which says the weights are random. ``real-config`` writes the config and tokenizer only, at the
+real shapes. The same arguments give byte-identical files.
 """
 
 from __future__ import annotations
@@ -119,6 +119,13 @@ def random_state_dict(
             unit_rows = embed / embed.norm(dim=1, keepdim=True)
             # lm_head row i points at the embedding of the token whose successor is i
             model.lm_head.weight.add_(bigram_prior * unit_rows[successor])
+        if config.attention_bias:  # last: the other weights stay those of the unbiased build
+            # Non-zero q/k/v/o biases (the reference initialises them to 0), at the weights' scale:
+            # o_proj's bias goes straight into a residual stream of that size.
+            for layer in model.model.layers:
+                for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                    getattr(layer.self_attn, proj).bias.normal_(0.0, config.initializer_range,
+                                                                generator=generator)
     return {
         name: t.detach().to(torch.float32 if name.endswith("e_score_correction_bias") else torch.bfloat16)
         .contiguous()

@@ -2,7 +2,12 @@
 
 Every field of the real checkpoint's ``config.json``, with the real model's values as defaults
 (facts and their sources: docs/architecture.md; Megrez2 tech report, sections 3.1-3.4).
-Invalid combinations fail at construction with a ``ValueError`` naming the field.
+Invalid combinations, and values that the reference or the SGLang model class does not implement,
+fail at construction with a one-line ``ValueError`` naming the field, the value and what is
+supported: this check is the one place where both models (and SGLang's config loading, which goes
+through ``AutoConfig``) refuse a config. Both model classes run it again when they are built, for
+fields set after construction (``from_pretrained(path, field=value)``, SGLang's
+``--json-model-override-args``).
 
 Some defaults are guesses (GUESSED_FIELDS: no public source states them); a checkpoint's
 config.json always wins, and loading one that lacks a guessed field logs a warning naming it.
@@ -92,18 +97,21 @@ class MegrezMoeConfig(PreTrainedConfig):
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         super().__post_init__(**kwargs)  # folds rope_theta / rope_scaling into rope_parameters
-        self._validate()
+        self.check_supported()
 
-    def _validate(self) -> None:
+    def check_supported(self) -> None:
+        """Raise a one-line ValueError naming the first field whose value is invalid or not
+        implemented by the models (reference.py, sglang_models/megrez_moe.py)."""
         def fail(field: str, why: str):
             raise ValueError(f"MegrezMoeConfig.{field}: {why}")
 
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                       "num_key_value_heads", "head_dim", "intermediate_size",
                       "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok",
-                      "n_group", "topk_group"):
-            if getattr(self, field) < 1:
-                fail(field, f"must be >= 1, got {getattr(self, field)}")
+                      "n_group", "topk_group", "experts_shared_frequency"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(field, f"must be an integer >= 1, got {value!r}")
         if self.n_shared_experts < 0:
             fail("n_shared_experts", f"must be >= 0, got {self.n_shared_experts}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -137,8 +145,6 @@ class MegrezMoeConfig(PreTrainedConfig):
             if self.topk_method == "noaux_tc" and self.n_routed_experts // self.n_group < 2:
                 fail("n_group", "noaux_tc scores a group by its top-2 experts: each group "
                      "needs at least 2 experts")
-        if self.experts_shared_frequency < 1:
-            fail("experts_shared_frequency", f"must be >= 1, got {self.experts_shared_frequency}")
         if self.moe_layer_freq != 1:
             fail("moe_layer_freq", "only 1 is supported: expert-sharing groups are runs of "
                  f"consecutive MoE layers; got {self.moe_layer_freq}")
@@ -149,10 +155,21 @@ class MegrezMoeConfig(PreTrainedConfig):
             fail("hidden_act", f"only 'silu' (SwiGLU) is supported, got {self.hidden_act!r}")
         if self.routed_scaling_factor <= 0:
             fail("routed_scaling_factor", f"must be > 0, got {self.routed_scaling_factor}")
-        rope_type = (self.rope_parameters or {}).get("rope_type", "default")
+        rope = self.rope_parameters or {}
+        rope_type = rope.get("rope_type", "default")
         if rope_type != "default":
             fail("rope_scaling", f"only plain RoPE is supported (the real model has "
                  f"rope_scaling null), got rope_type {rope_type!r}")
+        # transformers folds a top-level partial_rotary_factor into rope_parameters; both models
+        # rotate the whole head.
+        if rope.get("partial_rotary_factor", 1.0) != 1.0:
+            fail("partial_rotary_factor", "only 1.0 is supported (RoPE on the whole head_dim), "
+                 f"got {rope['partial_rotary_factor']}")
+        if self.tie_word_embeddings:
+            fail("tie_word_embeddings", "only false is supported (the real checkpoint stores "
+                 "lm_head.weight; neither model ties it to embed_tokens), got true")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            fail("attention_dropout", f"must be in [0, 1), got {self.attention_dropout}")
 
     # --- the layer structure, derived from the fields above -------------------------------------
 
@@ -177,7 +194,13 @@ class MegrezMoeConfig(PreTrainedConfig):
     def legacy_dict(self) -> dict:
         """The ``config.json`` layout of the real checkpoint (transformers 4.x era): every Megrez
         field, ``rope_theta`` and ``rope_scaling`` instead of transformers 5's ``rope_parameters``,
-        ``torch_dtype``, and the remote-code ``auto_map``. It loads back to an equal config."""
+        and ``torch_dtype``. It loads back to an equal config.
+
+        Unlike the real checkpoint, no ``auto_map``: it names configuration_megrez_moe.py and
+        modeling_megrez_moe.py, which the project's checkpoints do not contain, and transformers
+        then asks whether to run that remote code (``[y/N]``) in any process that has not imported
+        this package (AutoTokenizer loads the config first). This package registers
+        MegrezMoeConfig with transformers on import, so the config needs no remote code."""
         d = {field: getattr(self, field) for field in MegrezMoeConfig.__annotations__}
         del d["rope_parameters"]
         d["rope_scaling"] = None
@@ -185,11 +208,6 @@ class MegrezMoeConfig(PreTrainedConfig):
             architectures=self.architectures or ["MegrezMoeForCausalLM"],
             model_type=self.model_type,
             torch_dtype=str(self.dtype).removeprefix("torch.") if self.dtype else "bfloat16",
-            auto_map={
-                "AutoConfig": "configuration_megrez_moe.MegrezMoeConfig",
-                "AutoModel": "modeling_megrez_moe.MegrezMoeModel",
-                "AutoModelForCausalLM": "modeling_megrez_moe.MegrezMoeForCausalLM",
-            },
             transformers_version=self.transformers_version or transformers.__version__,
         )
         return dict(sorted(d.items()))

@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+from .config import MegrezMoeConfig
+
 # Written by the project's checkpoint builders: {"weights": "random" | "trained", ...}.
 PROVENANCE_FILE = "megrez_sglang.json"
 
@@ -48,6 +50,10 @@ def resolve_model_path(model_path: str | None, *, need_weights: bool = True) -> 
             f"{config.get('model_type')!r} and architectures {config.get('architectures')}, "
             "expected 'megrez_moe' / ['MegrezMoeForCausalLM']"
         )
+    try:  # the check SGLang's config loading runs too, but there it ends in a traceback
+        MegrezMoeConfig(**config)
+    except (ValueError, TypeError) as e:  # TypeError: a field of the wrong JSON type
+        raise ModelPathError(f"{config_file}: {e}") from None
     if need_weights and not list(path.glob("*.safetensors")):
         raise ModelPathError(f"{model_path!r} has no *.safetensors weights (a config-only checkpoint?)")
     if need_weights and has_random_weights(path):

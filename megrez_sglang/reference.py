@@ -70,6 +70,7 @@ class Attention(nn.Module):
         self.layer_id = layer_id
         self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.rope_theta = config.head_dim, config.rope_parameters["rope_theta"]
+        self.dropout = config.attention_dropout  # training only (train_tiny), as in HF models
         hidden, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(hidden, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
@@ -86,7 +87,8 @@ class Attention(nn.Module):
             k, v = cache.update(k, v, self.layer_id)  # [B, kv_heads, S, D], S = past + T
         groups = self.n_heads // self.n_kv_heads
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, T, D]
+        out = F.scaled_dot_product_attention(  # [B, heads, T, D]
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -229,6 +231,11 @@ class MegrezMoePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["DecoderLayer"]
     _supports_sdpa = True
+
+    def __init__(self, config: MegrezMoeConfig, *args, **kwargs):
+        # Again here: from_pretrained(path, field=value) sets fields after the config's own check.
+        config.check_supported()
+        super().__init__(config, *args, **kwargs)
 
     def _init_weights(self, module):
         super()._init_weights(module)

@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from megrez_sglang.build_checkpoint import build_checkpoint, read_weights
 from megrez_sglang.config import MegrezMoeConfig
+from megrez_sglang.model_path import TRAINED_CHECKPOINT
 
 from .test_reference_model import expected_tensor_names
 
@@ -31,7 +35,7 @@ def test_tiny_has_exactly_the_real_tensor_names_and_two_sharing_groups(tiny_chec
 def test_config_json_has_the_real_field_set(tiny_checkpoint):
     raw = json.loads((Path(tiny_checkpoint) / "config.json").read_text())
     assert raw["architectures"] == ["MegrezMoeForCausalLM"] and raw["model_type"] == "megrez_moe"
-    assert raw["auto_map"]["AutoConfig"] == "configuration_megrez_moe.MegrezMoeConfig"
+    assert "auto_map" not in raw  # it would name remote code the folder does not contain
     assert raw["rope_theta"] == 1e6 and raw["rope_scaling"] is None
     for field in ("experts_shared_frequency", "pre_gate", "n_group", "topk_group", "topk_method",
                   "scoring_func", "routed_scaling_factor", "norm_topk_prob", "first_k_dense_replace",
@@ -164,3 +168,66 @@ def test_automodel_loads_the_tiny_checkpoint_and_generates(tiny_checkpoint):
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert out.shape[1] > ids.shape[1]
     assert out[0, : ids.shape[1]].tolist() == ids[0].tolist()
+
+
+# A process that has not imported megrez_sglang (lm-evaluation-harness loading the tokenizer),
+# then the same process after the import. argv: the real checkpoint's layout, then ours.
+LOAD_WITHOUT_THE_PACKAGE = """
+import json, sys
+from tokenizers import Tokenizer
+from transformers import AutoConfig, AutoTokenizer
+TEXT = "世界上最高的山峰是<|turn_end|>"
+real_layout, ours = sys.argv[1], sys.argv[2:]
+results = {}
+for path in ours:
+    results[path] = {"ids": AutoTokenizer.from_pretrained(path)(TEXT)["input_ids"],
+                     "tokenizers_ids": Tokenizer.from_file(path + "/tokenizer.json").encode(TEXT).ids}
+    try:
+        results[path]["config"] = type(AutoConfig.from_pretrained(path)).__name__
+    except ValueError as e:
+        results[path]["config"] = str(e).splitlines()[0]
+assert "megrez_sglang" not in sys.modules
+import megrez_sglang
+for path in [real_layout, *ours]:
+    entry = results.setdefault(path, {})
+    entry["ids_after_import"] = AutoTokenizer.from_pretrained(path)(TEXT)["input_ids"]
+    entry["config_after_import"] = type(AutoConfig.from_pretrained(path)).__name__
+print(json.dumps(results))
+"""
+
+
+def test_checkpoints_load_in_a_plain_process_without_questions(tiny_checkpoint, tmp_path):
+    """The committed and a freshly built checkpoint name no remote code: AutoTokenizer loads them
+    in a process without this package and without a terminal (stdin closed), asking nothing;
+    AutoConfig there names the unknown model_type, and after `import megrez_sglang` loads them, as
+    it loads the real checkpoint's layout (auto_map and the .py files it names) without running
+    that code."""
+    real_layout = tmp_path / "real-layout"
+    shutil.copytree(TRAINED_CHECKPOINT, real_layout)
+    config = json.loads((real_layout / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_megrez_moe.MegrezMoeConfig",
+                          "AutoModelForCausalLM": "modeling_megrez_moe.MegrezMoeForCausalLM"}
+    (real_layout / "config.json").write_text(json.dumps(config))
+    for name in ("configuration_megrez_moe.py", "modeling_megrez_moe.py"):
+        (real_layout / name).write_text("raise RuntimeError('the remote code ran')\n")
+    ours = [str(TRAINED_CHECKPOINT), str(tiny_checkpoint)]
+    for path in ours:
+        assert "auto_map" not in json.loads((Path(path) / "config.json").read_text()), path
+
+    run = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_THE_PACKAGE, str(real_layout), *ours],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for question in ("trust_remote_code", "[y/N]", "custom code"):
+        assert question not in run.stdout + run.stderr
+    results = json.loads(run.stdout.splitlines()[-1])
+    for path in ours:
+        got = results[path]
+        assert got["ids"] == got["tokenizers_ids"] == got["ids_after_import"]
+        eos = json.loads((Path(path) / "config.json").read_text())["eos_token_id"]
+        assert got["ids"][-1] == eos  # <|turn_end|>, the special token, in one piece
+        assert got["config"].startswith("The checkpoint you are trying to load has model type "
+                                        "`megrez_moe` but Transformers does not recognize")
+        assert got["config_after_import"] == "MegrezMoeConfig"
+    assert results[str(real_layout)]["config_after_import"] == "MegrezMoeConfig"
+    assert results[str(real_layout)]["ids_after_import"] == results[ours[0]]["ids"]

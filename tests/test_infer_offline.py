@@ -1,6 +1,7 @@
 """infer_sglang_offline.py end to end (subprocesses, CPU)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,18 @@ def test_a_checkpoint_that_is_not_megrez2_is_refused(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(llama_config))
     assert infer_sglang_offline.main([str(tmp_path)]) == 2
     assert "is not a Megrez2 checkpoint: config.json has model_type 'llama'" in capsys.readouterr().err
+
+
+def test_a_config_value_the_model_does_not_implement_is_one_line(tmp_path, tiny_checkpoint, capsys):
+    """Refused before SGLang starts (where the same check would end in a traceback)."""
+    folder = tmp_path / "freq2"
+    shutil.copytree(tiny_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "moe_layer_freq": 2}))
+    assert infer_sglang_offline.main([str(folder)]) == 2
+    assert capsys.readouterr().err == (
+        f"infer_sglang_offline.py: error: {folder / 'config.json'}: MegrezMoeConfig.moe_layer_freq: "
+        "only 1 is supported: expert-sharing groups are runs of consecutive MoE layers; got 2\n")
 
 
 def test_bad_sampling_arguments_are_refused(capsys):

@@ -192,3 +192,24 @@ def test_batched_generate_with_left_padding_equals_one_at_a_time():
         out = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False,
                              eos_token_id=None, pad_token_id=0)
     assert [out[0, 5:].tolist(), out[1, 5:].tolist()] == single
+
+
+def test_attention_dropout_acts_in_training_only():
+    """attention_dropout drops attention weights while training (train_tiny) and never at
+    inference, where the reference and SGLang compute the same thing for every value."""
+    torch.manual_seed(0)
+    plain = MegrezMoeForCausalLM(MegrezMoeConfig(**SMALL)).eval()
+    dropout = MegrezMoeForCausalLM(MegrezMoeConfig(**SMALL, attention_dropout=0.5)).eval()
+    dropout.load_state_dict(plain.state_dict())
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert torch.equal(dropout(ids).logits, plain(ids).logits)
+        dropout.train()
+        assert not torch.allclose(dropout(ids).logits, plain(ids).logits)
+
+
+def test_head_dim_need_not_be_hidden_size_over_heads():
+    model = MegrezMoeForCausalLM(MegrezMoeConfig(**{**SMALL, "head_dim": 12}))
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (4 * 12, SMALL["hidden_size"])
+    with torch.no_grad():
+        assert model(torch.tensor([[5, 6, 7]])).logits.shape == (1, 3, SMALL["vocab_size"])

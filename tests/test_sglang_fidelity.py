@@ -20,22 +20,27 @@ from megrez_sglang.fidelity import (
 )
 
 # Each row: num_key_value_heads, experts_shared_frequency, first_k_dense_replace,
-# n_group/topk_group, routed_scaling_factor, norm_topk_prob, pre_gate (+ routing method).
+# n_group/topk_group, routed_scaling_factor, norm_topk_prob, pre_gate (+ routing method, scoring,
+# shared experts, attention bias, head_dim other than hidden_size / num_attention_heads).
 MATRIX = {
-    "kv1-share3-dense1-ungrouped": dict(num_key_value_heads=1, experts_shared_frequency=3,
-                                        first_k_dense_replace=1),
+    "kv1-share3-dense1-ungrouped-attnbias-head24": dict(
+        num_key_value_heads=1, experts_shared_frequency=3, first_k_dense_replace=1,
+        attention_bias=True, head_dim=24),
     "kv2-share1-dense2-grouped-rsf2.5-unnormalised": dict(
         num_key_value_heads=2, experts_shared_frequency=1, first_k_dense_replace=2, n_group=4,
         topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=False),
-    "kv4-share2-grouped-rsf2.5-no-pregate": dict(
+    "kv4-share2-grouped-limited-softmax-rsf2.5-no-pregate": dict(
         num_key_value_heads=4, experts_shared_frequency=2, n_group=4, topk_group=2,
-        routed_scaling_factor=2.5, pre_gate=False),
+        topk_method="group_limited_greedy", scoring_func="softmax", routed_scaling_factor=2.5,
+        pre_gate=False),
     "kv2-share3-dense2-rsf2.5-no-pregate": dict(
         num_key_value_heads=2, experts_shared_frequency=3, first_k_dense_replace=2,
         routed_scaling_factor=2.5, pre_gate=False),
     "kv4-share3-grouped-unnormalised": dict(num_key_value_heads=4, n_group=4, topk_group=2,
                                            norm_topk_prob=False),
-    "kv2-greedy-softmax": dict(num_key_value_heads=2, topk_method="greedy", scoring_func="softmax"),
+    "kv2-dense0-noshared-greedy-softmax": dict(num_key_value_heads=2, first_k_dense_replace=0,
+                                               n_shared_experts=0, topk_method="greedy",
+                                               scoring_func="softmax"),
     # the real checkpoint's guessed fields at their other candidate values (rope_theta 5e6 and a
     # different eps and dense width): computed with the checkpoint's values, as the reference does
     "kv1-rope5e6-eps1e-6-dense160": dict(num_key_value_heads=1, rope_theta=5e6, rms_norm_eps=1e-6,

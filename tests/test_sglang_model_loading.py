@@ -145,6 +145,71 @@ OTHER_GUESSES = dict(num_key_value_heads=1, rope_theta=5e6, rms_norm_eps=1e-6, i
                      eos_token_id=3)
 
 
+def test_a_field_overridden_after_loading_is_refused_when_the_model_is_built(sglang_world, tiny_checkpoint):
+    """--json-model-override-args sets fields on the config SGLang loaded, after its check: the
+    model's constructor checks again (MegrezMoeConfig.check_supported)."""
+    from megrez_sglang.sglang_models.megrez_moe import MegrezMoeForCausalLM
+
+    config = MegrezMoeConfig.from_pretrained(tiny_checkpoint)
+    config.moe_layer_freq = 2  # what SGLang's get_config does with model_override_args
+    with pytest.raises(ValueError, match="^MegrezMoeConfig.moe_layer_freq: only 1 is supported"):
+        MegrezMoeForCausalLM(config)
+
+
+def test_attention_biases_load_into_the_stacked_projections(sglang_world, checkpoints):
+    """attention_bias: the checkpoint's q/k/v biases fill qkv_proj's bias in that order, o_proj
+    gets its own; the projections then equal the reference's (the builder draws non-zero biases)."""
+    path = checkpoints("attention-bias", attention_bias=True)
+    model = build(path, dtype=torch.float32)
+    tensors = checkpoint_tensors(path)
+    model.load_weights(tensors.items())
+    attn = model.model.layers[3].self_attn
+    prefix = "model.layers.3.self_attn"
+    biases = [tensors[f"{prefix}.{p}_proj.bias"].float() for p in "qkvo"]
+    assert min(float(b.abs().max()) for b in biases) > 0.02  # drawn with std 0.02
+    assert torch.equal(attn.qkv_proj.bias, torch.cat(biases[:3]))
+    assert torch.equal(attn.o_proj.bias, biases[3])
+    x = torch.randn(5, model.config.hidden_size)
+    expected = torch.cat([x @ tensors[f"{prefix}.{p}_proj.weight"].float().T + b
+                          for p, b in zip("qkv", biases, strict=False)], dim=-1)
+    torch.testing.assert_close(attn.qkv_proj(x)[0], expected)
+
+
+ROUTING = [(method, scoring, norm, n_group)
+           for method in ("noaux_tc", "group_limited_greedy", "greedy")
+           for scoring in ("sigmoid", "softmax") for norm in (True, False) for n_group in (1, 4)
+           if not (method == "noaux_tc" and scoring == "softmax")
+           and not (method == "greedy" and n_group > 1)]
+
+
+@pytest.mark.parametrize("method, scoring, norm, n_group", ROUTING)
+def test_routing_matches_the_reference_for_every_supported_combination(sglang_world, method, scoring,
+                                                                       norm, n_group):
+    """SGLang's TopK, as the sparse block configures it, picks the reference's experts with the
+    reference's weights for every topk_method x scoring_func x norm_topk_prob x grouping that
+    MegrezMoeConfig accepts (the others are refused there)."""
+    from megrez_sglang.reference import select_experts
+    from megrez_sglang.sglang_models.megrez_moe import MegrezMoeSparseBlock
+
+    config = MegrezMoeConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                             num_hidden_layers=3, n_routed_experts=16, num_experts_per_tok=4,
+                             moe_intermediate_size=8, n_shared_experts=1, topk_method=method,
+                             scoring_func=scoring, norm_topk_prob=norm, n_group=n_group,
+                             topk_group=min(2, n_group))
+    torch.manual_seed(0)
+    block = MegrezMoeSparseBlock(config, 1, None, None, "model.layers.1.mlp")
+    bias = block.gate.e_score_correction_bias
+    if bias is not None:
+        bias.data.normal_(0.0, 0.2)
+    logits = 2 * torch.randn(64, 16)
+    got = block.topk(torch.randn(64, 16), logits)
+    weights, ids = select_experts(logits, bias, config)
+    ids, order = ids.sort(-1)
+    got_ids, got_order = got.topk_ids.long().sort(-1)
+    assert torch.equal(got_ids, ids)
+    torch.testing.assert_close(got.topk_weights.gather(1, got_order), weights.gather(1, order))
+
+
 @pytest.mark.parametrize("setting, value, message", [
     ("enable_eplb", True, "does not support --enable-eplb"),
     ("init_expert_location", "/tmp/placement.json", "--init-expert-location '/tmp/placement.json'"),

@@ -335,6 +335,9 @@ class MegrezMoeForCausalLM(nn.Module):
     def __init__(self, config: MegrezMoeConfig, quant_config: QuantizationConfig | None = None,
                  prefix: str = ""):
         super().__init__()
+        # The config as the checkpoint wrote it, checked again: --json-model-override-args sets
+        # fields after the config's own check (MegrezMoeConfig.check_supported).
+        checkpoint_config(config)
         _check_parallel_setup(config)
         self.config = config
         self.quant_config = quant_config
@@ -473,7 +476,7 @@ def load_megrez_weights(model: MegrezMoeForCausalLM,
     # A stacked or expert parameter is filled by several checkpoint tensors: count the pieces.
     expected_pieces = {}
     for name, param in params.items():
-        if name.endswith("qkv_proj.weight"):
+        if name.endswith(("qkv_proj.weight", "qkv_proj.bias")):  # the bias with attention_bias
             expected_pieces[name] = 3
         elif name.endswith("gate_up_proj.weight"):
             expected_pieces[name] = 2
