@@ -185,9 +185,9 @@ class Traffic:
             raise HTTPError(r.status_code, text)
         return r
 
-    def chat(self, p: Prompts, seed: int) -> tuple[int, int]:
+    def chat(self, p: Prompts) -> tuple[int, int]:
         r = self.client.chat.completions.create(
-            model=SERVED_MODEL_NAME, max_tokens=CHAT_TOKENS, temperature=0.7, top_p=0.9, seed=seed,
+            model=SERVED_MODEL_NAME, max_tokens=CHAT_TOKENS, temperature=0.7, top_p=0.9,
             messages=[{"role": "user", "content": p.chat()}])
         choice = r.choices[0]
         if choice.finish_reason not in ("length", "stop"):
@@ -197,10 +197,10 @@ class Traffic:
                               f"{r.usage.completion_tokens} completion tokens (max {CHAT_TOKENS})")
         return usage_tokens(r.usage)
 
-    def stream(self, p: Prompts, seed: int) -> tuple[int, int]:
+    def stream(self, p: Prompts) -> tuple[int, int]:
         finish, usage = [], None
         for chunk in self.client.chat.completions.create(
-                model=SERVED_MODEL_NAME, max_tokens=CHAT_TOKENS, temperature=0.7, top_p=0.9, seed=seed,
+                model=SERVED_MODEL_NAME, max_tokens=CHAT_TOKENS, temperature=0.7, top_p=0.9,
                 stream=True, stream_options={"include_usage": True},
                 messages=[{"role": "user", "content": p.chat()}]):
             finish += [c.finish_reason for c in chunk.choices if c.finish_reason]
@@ -209,12 +209,12 @@ class Traffic:
             raise CheckFailed("finish_reason", f"finish_reason(s) {finish} (one of length, stop expected)")
         return usage_tokens(usage) if usage else (0, 0)
 
-    def dropped_stream(self, p: Prompts, seed: int) -> tuple[int, int]:
+    def dropped_stream(self, p: Prompts) -> tuple[int, int]:
         """Reads half of the stream's tokens, then hangs up (closes the connection)."""
         half, events = DROPPED_TOKENS // 2, 0
         body = {"text": p.story(), "stream": True,
                 "sampling_params": {"max_new_tokens": DROPPED_TOKENS, "ignore_eos": True,
-                                    "temperature": 0.7, "sampling_seed": seed}}
+                                    "temperature": 0.7}}
         with self.generate(body, stream=True) as r:
             for line in r.iter_lines():
                 if line.startswith(b"data: {"):
@@ -225,11 +225,11 @@ class Traffic:
             raise CheckFailed("stream", f"the stream ended after {events} events, before {half}")
         return 0, 0
 
-    def json(self, p: Prompts, seed: int) -> tuple[int, int]:
+    def json(self, p: Prompts) -> tuple[int, int]:
         item = p.choice()
         schema = answer_json_schema(item.letters)
         r = self.client.chat.completions.create(
-            model=SERVED_MODEL_NAME, max_tokens=JSON_TOKENS, temperature=0.7, seed=seed,
+            model=SERVED_MODEL_NAME, max_tokens=JSON_TOKENS, temperature=0.7,
             messages=[{"role": "user", "content": item.prompt}],
             response_format={"type": "json_schema",
                              "json_schema": {"name": "choice", "schema": schema, "strict": True}})
@@ -243,17 +243,16 @@ class Traffic:
             raise CheckFailed("schema", f"{choice.message.content!r}: {str(e).splitlines()[0]}") from None
         return usage_tokens(r.usage)
 
-    def regex(self, p: Prompts, seed: int) -> tuple[int, int]:
+    def regex(self, p: Prompts) -> tuple[int, int]:
         with self.generate({"text": p.verdict(), "sampling_params": {
-                "max_new_tokens": REGEX_TOKENS, "temperature": 0.8, "regex": VERDICT_REGEX,
-                "sampling_seed": seed}}) as r:
+                "max_new_tokens": REGEX_TOKENS, "temperature": 0.8, "regex": VERDICT_REGEX}}) as r:
             reply = r.json()
         if not re.fullmatch(VERDICT_REGEX, reply["text"]):
             raise CheckFailed("regex", f"{reply['text']!r} does not match {VERDICT_REGEX}")
         meta = reply["meta_info"]
         return meta.get("prompt_tokens", 0), meta.get("cached_tokens", 0)
 
-    def program(self, p: Prompts, seed: int) -> tuple[int, int]:
+    def program(self, p: Prompts) -> tuple[int, int]:
         vote = solve_math_self_consistent(p.question(), self.backend, k=PROGRAM_BRANCHES,
                                           reasoning_max_tokens=PROGRAM_REASONING_TOKENS,
                                           temperature=0.7, top_p=0.9)
@@ -280,7 +279,7 @@ def client_loop(traffic: Traffic, index: int, pools: dict[str, list], seed: int,
         i += 1
         start = time.monotonic()
         try:
-            prompt_tokens, cached = getattr(traffic, kind)(prompts, rng.randrange(2**31))
+            prompt_tokens, cached = getattr(traffic, kind)(prompts)
             outcomes.append(Outcome(kind, start - t0, time.monotonic() - t0, prompt_tokens=prompt_tokens,
                                     cached_tokens=cached))
         except Exception as e:  # noqa: BLE001  (every failure is counted, none stops the client)

@@ -160,6 +160,7 @@ def main(argv=None) -> int:
         info = {
             "model": model_name or sampler.model_path(), "served_model": sampler.model, "server": base_url,
             "sampling": config.as_dict(),
+            "seeds_applied": sampler.sends_seeds,  # only a server that applies per-request seeds gets them
             "samples": args.samples, "limit": args.limit,
             "data": "hub" if data_dir is None else str(data_dir.resolve()),
             "benchmarks": names, "versions": package_versions(), "git_commit": git_revision(),

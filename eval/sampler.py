@@ -6,7 +6,9 @@ then the final answer is forced into \\boxed{} (the server's grammar backend's f
 letter into {"answer": "<L>"} with only the item's letters. With --free every item is one plain
 chat request and the benchmark reads the answer out of the text. IFEval and code are free text
 either way. Every sample has its own seed, derived from --seed, the benchmark, the item and the
-sample index: a rerun asks the same thing.
+sample index; it is sent only to a server that applies per-request seeds (SGLang's
+--enable-deterministic-inference), and launch_server.sh's server refuses a seed it would drop:
+elsewhere a run at temperature > 0 samples anew each time (at temperature 0 it is reproducible).
 """
 
 from __future__ import annotations
@@ -49,22 +51,31 @@ class ServerSampler:
         self.config = config
         self.base_url, self.api_key = base_url.rstrip("/"), api_key
         self.grammar_backend = server_grammar_backend(self.client)  # None: the regex form of the box
+        self.sends_seeds = self._server_info().get("enable_deterministic_inference") is True
 
-    def model_path(self) -> str:
-        """The checkpoint the server serves (SGLang's /get_model_info), else the served name."""
+    def _get(self, path: str) -> dict:
+        """A GET of an SGLang information endpoint; {} from a server that does not have it."""
         import requests
 
         try:
-            r = requests.get(f"{self.base_url}/get_model_info", timeout=10,
+            r = requests.get(f"{self.base_url}{path}", timeout=10,
                              headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})
-            return r.json()["model_path"]
-        except Exception:  # noqa: BLE001 - not an SGLang server
-            return self.model
+            return r.json() if r.ok else {}
+        except (requests.RequestException, ValueError):  # not an SGLang server
+            return {}
+
+    def _server_info(self) -> dict:
+        return self._get("/server_info")
+
+    def model_path(self) -> str:
+        """The checkpoint the server serves (SGLang's /get_model_info), else the served name."""
+        return self._get("/get_model_info").get("model_path") or self.model
 
     def sample(self, bench: Benchmark, item: Item, index: int) -> Sample:
         c = self.config
-        params = {"temperature": c.temperature, "top_p": c.top_p,
-                  "seed": sample_seed(c.seed, bench.name, item.id, index)}
+        params = {"temperature": c.temperature, "top_p": c.top_p}
+        if self.sends_seeds:
+            params["seed"] = sample_seed(c.seed, bench.name, item.id, index)
         max_tokens = c.max_tokens or bench.max_tokens
         messages = [{"role": "user", "content": item.prompt}]
         start = time.perf_counter()

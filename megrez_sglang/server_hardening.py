@@ -552,6 +552,26 @@ def _server_sizes(tokenizer_manager) -> tuple[int, int]:
     return tokenizer_manager.context_len, pool
 
 
+SEED_NOT_HONOURED = (
+    "seed is not honoured by this server: SGLang samples with a per-request seed only when it runs with "
+    "--enable-deterministic-inference (launch_server.sh MODEL -- --enable-deterministic-inference; CUDA "
+    "attention backends only). Leave seed out to sample without one; at temperature 0 the output is "
+    "the same every time, seed or not")
+
+
+def seeds_honoured(server_args) -> bool:
+    """SGLang applies a request's seed (sampling_seed) only in its deterministic-inference mode;
+    otherwise it drops it without a word (three calls with seed 42 gave three texts)."""
+    return bool(getattr(server_args, "enable_deterministic_inference", False))
+
+
+def samples(temperature: float | None, top_k: int | None) -> bool:
+    """Whether SGLang samples (rather than takes the likeliest token) at these settings: it decodes
+    greedily at a temperature below 1e-6 or with top_k 1; an unset temperature is the
+    checkpoint's default (generation_config.json) or 1."""
+    return not (temperature is not None and 0 <= temperature < 1e-6) and top_k != 1
+
+
 class AdmissionError(ValueError):
     """A request above the admission limits (SGLang answers ValueError with 400)."""
 
@@ -563,12 +583,17 @@ def _count(value, is_one) -> int:
     return 1 if is_one(value) else len(value)
 
 
-def check_admission(tokenizer_manager, obj, *_args, **_kwargs) -> None:
-    """BEFORE-hook of TokenizerManager.generate_request, which every generation route calls
-    (/generate, the OpenAI and Ollama routes, /vertex_generate, the frontend language) before
-    it splits the request: its size against the admission limits, and input_embeds' shape."""
+def check_generation_request(tokenizer_manager, obj, *_args, **_kwargs) -> None:
+    """BEFORE-hook of TokenizerManager.generate_request, which every generation and encoding
+    route calls (/generate, the OpenAI and Ollama routes, /vertex_generate, /encode, /classify,
+    the frontend language) before it splits the request: an empty list of prompts and a
+    malformed input_embeds made that split fail (IndexError, 500); a seed SGLang would drop
+    (seeds_honoured); then the request's size against the admission limits."""
     from sglang.srt.managers.io_struct import GenerateReqInput
 
+    for field in ("text", "input_ids", "input_embeds"):
+        if getattr(obj, field, None) == []:
+            raise ValueError(f"{field} is an empty list: send at least one prompt")
     if not isinstance(obj, GenerateReqInput):
         return
     check_input_embeds(obj.input_embeds, tokenizer_manager.model_config.hidden_size)
@@ -577,6 +602,10 @@ def check_admission(tokenizer_manager, obj, *_args, **_kwargs) -> None:
                   _count(obj.input_embeds, lambda e: not e or not isinstance(e[0][0], list)), 1)
     params = obj.sampling_params
     per_prompt = params if isinstance(params, list) else [params or {}] * prompts
+    if not seeds_honoured(tokenizer_manager.server_args) and any(
+            p.get("sampling_seed") is not None and samples(p.get("temperature", 1.0), p.get("top_k"))
+            for p in per_prompt):
+        raise ValueError(SEED_NOT_HONOURED)
     n = max((p.get("n") or 1 for p in per_prompt), default=1)
     # /generate's default is SamplingParams' 128; OpenAI routes pass None when max_tokens is unset
     max_new = [p.get("max_new_tokens", 128) for p in per_prompt]
@@ -587,14 +616,18 @@ def check_admission(tokenizer_manager, obj, *_args, **_kwargs) -> None:
 
 def check_openai_request(error: str | None, serving, request, *_args, **_kwargs) -> str | None:
     """AFTER-hook of the OpenAI chat and completions servings' _validate_request (a message there
-    becomes a 400 before a stream starts; check_admission alone would refuse a streamed request
-    inside its 200 stream): the admission limits, and two fields SGLang takes without doing what
-    they ask (best_of; echo with logprobs 0)."""
+    becomes a 400 before a stream starts; check_generation_request alone would refuse a streamed
+    request inside its 200 stream): the admission limits, and fields SGLang takes without doing
+    what they ask (seed, best_of, echo with logprobs 0)."""
     if error:
         return error
     if getattr(request, "echo", False) and getattr(request, "logprobs", None) == 0:
         return ("echo with logprobs = 0 returns no logprobs for the prompt in SGLang; ask for logprobs = 1 "
                 "(the prompt's logprobs and the top alternative at each position)")
+    seeded = getattr(request, "seed", None) is not None
+    if seeded and samples(request.temperature, getattr(request, "top_k", None)) and \
+            not seeds_honoured(serving.tokenizer_manager.server_args):
+        return SEED_NOT_HONOURED
     best_of = getattr(request, "best_of", None)
     if best_of not in (None, 1):
         return (f"best_of = {best_of} is not supported: SGLang ignores best_of; ask for n samples and "
@@ -800,7 +833,7 @@ def install() -> None:
           check_detokenize_tokens, HookType.AFTER)
     _hook("sglang.srt.managers.tokenizer_manager.SignalHandler.sigterm_handler", sigterm_with_drain_deadline,
           HookType.AROUND)
-    _hook("sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request", check_admission,
+    _hook("sglang.srt.managers.tokenizer_manager.TokenizerManager.generate_request", check_generation_request,
           HookType.BEFORE)
     for serving in ("serving_chat.OpenAIServingChat", "serving_completions.OpenAIServingCompletion"):
         _hook(f"sglang.srt.entrypoints.openai.{serving}._validate_request", check_openai_request,

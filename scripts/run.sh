@@ -6,6 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup_env.sh"
 export VIRTUAL_ENV="$root/.venv"
-export PATH="$VIRTUAL_ENV/bin:$PATH"
+# The thin venv's python first; then the shared environment's console scripts (schemathesis, ruff,
+# lm_eval: the last runs without this project, so its tasks here want `python -m lm_eval`).
+export PATH="$VIRTUAL_ENV/bin:$(cat "$VIRTUAL_ENV/.megrez-base")/bin:$PATH"
 [ $# -gt 0 ] || { echo "usage: scripts/run.sh COMMAND [ARG...]" >&2; exit 2; }
 exec "$@"

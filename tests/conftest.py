@@ -1,17 +1,22 @@
 """Shared fixtures: checkpoints built once per session, engines started once per session, one
 HTTP server shared by the server, programs and eval tests.
 
-Lanes: every test that starts SGLang (through the `engines` or `server` fixtures, or marked
-``slow`` by hand: its own server, a subprocess engine, a long run) is marked ``slow``;
-``pytest -m "not slow"`` is the quick lane. Order: quick tests, then engine tests (one engine
-alive at a time), then the shared server's tests, then tests that start servers of their own.
+Lanes: every test that starts SGLang (through the `engines`, `server` or `trained_server`
+fixtures, or marked ``slow`` by hand: its own server, a subprocess engine, a long run) is marked
+``slow``; ``pytest -m "not slow"`` is the quick lane. Order: quick tests, then engine tests (one
+engine alive at a time), then the shared server's tests, then the trained checkpoint's server's
+(third-party clients: lm-evaluation-harness, schemathesis; the eval against the reference), then
+tests that start servers of their own. Each shared server stops when its lane is over.
 
 Importing megrez_sglang first configures SGLang's CPU engine on hosts without CUDA.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,12 +24,14 @@ import torch
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host before it is imported)
 from megrez_sglang.build_checkpoint import build_checkpoint
+from megrez_sglang.model_path import TRAINED_CHECKPOINT
 from megrez_sglang.server import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-123456"  # the card's example key
 ADMIN_KEY = "sk-admin-5f0c2e9b7d41"  # MEGREZ_ADMIN_API_KEY of the shared server: control endpoints
 ENGINE_FIXTURES = {"engines", "tiny_engine"}
+TRAINED_SERVER_FIXTURES = {"trained_server", "trained_free_greedy_eval"}
 
 # The reference models in this process are tiny: a second OpenMP thread buys nothing, and on a
 # busy machine its spin-waits made a 10-token generate 15x slower (3.6 s instead of 0.25 s).
@@ -34,11 +41,13 @@ SERVER_FIXTURES = {"server", "client", "backend"}
 
 def lane(item) -> int:
     fixtures = set(item.fixturenames)
-    if ENGINE_FIXTURES & fixtures and not SERVER_FIXTURES & fixtures:
+    if ENGINE_FIXTURES & fixtures and not (SERVER_FIXTURES | TRAINED_SERVER_FIXTURES) & fixtures:
         return 1
     if SERVER_FIXTURES & fixtures:
         return 2
-    return 3 if item.get_closest_marker("slow") else 0
+    if TRAINED_SERVER_FIXTURES & fixtures:
+        return 3
+    return 4 if item.get_closest_marker("slow") else 0
 
 
 def pytest_collection_modifyitems(config, items):
@@ -125,7 +134,7 @@ class EnginePool:
             raise RuntimeError(
                 "an engine was asked for while the shared server runs: Engine.shutdown() would kill "
                 "the server too. A test (or fixture) using the engines must not also use one of "
-                f"{sorted(SERVER_FIXTURES)}, which put it in the server lane.")
+                f"{sorted(SERVER_FIXTURES | TRAINED_SERVER_FIXTURES)}, which put it in a server lane.")
         if key != self.key:
             self.close()
             kwargs.setdefault("log_level", "error")
@@ -158,13 +167,52 @@ def server(tiny_checkpoint, engines, tmp_path_factory):
     s.stop()
 
 
+@pytest.fixture(scope="session")
+def trained_server(engines, tmp_path_factory):
+    """launch_server.sh on the trained tiny checkpoint (the default model) in float32, so that
+    SGLang and the reference model agree to ~1e-6 and any difference in an answer is the
+    pipeline's; the API key only. Shared by the third-party clients' tests and the eval's."""
+    engines.close()  # Engine.shutdown() kills every child of this process, a server included
+    log = tmp_path_factory.mktemp("trained-server") / "server.log"
+    s = ServerProcess(str(TRAINED_CHECKPOINT), command=[str(ROOT / "launch_server.sh")],
+                      extra=["--dtype", "float32"], log_path=log, api_key=API_KEY)
+    _shared_servers.append(s)
+    yield s
+    s.stop()
+
+
+HELD_OUT_BENCHMARKS = ("tiny_math", "tiny_choice")
+HELD_OUT_ITEMS = 16  # per benchmark, in the tests that run them through a server
+
+
+def run_eval(server, out: Path, *args: str) -> dict[str, dict[str, dict]]:
+    """`python -m eval` on the first HELD_OUT_ITEMS held-out items of each benchmark, through
+    `server`: benchmark -> item id -> record."""
+    r = subprocess.run([sys.executable, "-m", "eval", "--base-url", server.url, "--benchmarks",
+                        ",".join(HELD_OUT_BENCHMARKS), "--out", str(out), "--no-progress",
+                        "--limit", str(HELD_OUT_ITEMS), *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "MEGREZ_API_KEY": API_KEY})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {name: {rec["id"]: rec for rec in map(json.loads, (out / f"{name}.jsonl").open())}
+            for name in HELD_OUT_BENCHMARKS}
+
+
+@pytest.fixture(scope="session")
+def trained_free_greedy_eval(trained_server, tmp_path_factory):
+    """`python -m eval --free --temperature 0` on the trained server (what both the reference
+    model and lm-evaluation-harness are compared with, item by item)."""
+    out = tmp_path_factory.mktemp("eval-free-greedy")
+    return run_eval(trained_server, out, "--free", "--temperature", "0")
+
+
 _shared_servers: list[ServerProcess] = []
 
 
 def pytest_runtest_teardown(item, nextitem):
-    # Stop the shared server once its lane is over, before tests start servers of their own
-    # (one server alive at a time; stopping twice is harmless).
-    if _shared_servers and lane(item) == 2 and (nextitem is None or lane(nextitem) != 2):
+    # Stop a shared server once its lane is over, before the next lane's server starts (one
+    # server alive at a time; stopping twice is harmless).
+    if _shared_servers and lane(item) in (2, 3) and (nextitem is None or lane(nextitem) != lane(item)):
         _shared_servers.pop().stop()
 
 

@@ -13,7 +13,6 @@ well-formed. The main job with no arguments answers the card's demos.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -28,11 +27,10 @@ from megrez_sglang.config import MegrezMoeConfig
 from megrez_sglang.fidelity import Greedy, compare_greedy, reference_greedy
 from megrez_sglang.model_path import TRAINED_CHECKPOINT, resolve_model_path
 from megrez_sglang.reference import checkpoint_layout
-from megrez_sglang.server import ServerProcess
 from megrez_sglang.tiny_corpus import CARD_CHAT, CARD_COMPLETION, held_out_items, is_held_out, training_item
 from megrez_sglang.train_tiny import Encoder, Recipe, greedy_replies, train, write_trained_checkpoint
 
-from .conftest import API_KEY, ROOT
+from .conftest import HELD_OUT_ITEMS, ROOT, run_eval
 
 CHECKPOINT = str(TRAINED_CHECKPOINT)
 PROVENANCE = json.loads((TRAINED_CHECKPOINT / "megrez_sglang.json").read_text())
@@ -333,48 +331,22 @@ def test_the_main_job_answers_the_cards_demos(request):
     assert "珠穆朗玛峰" in reply and reply.endswith("。"), reply
 
 
-# --- own server (float32): the whole pipeline -----------------------------------------------------------
-
-PIPELINE_ITEMS = 16  # per benchmark
+# --- the trained checkpoint's server (float32, conftest.trained_server): the whole pipeline ----------
 
 
-@pytest.fixture(scope="module")
-def trained_server(request, tmp_path_factory):
-    """launch_server.sh on the trained checkpoint in float32, so that SGLang and the reference
-    agree to ~1e-6 and any difference in the answers is the pipeline's."""
-    request.getfixturevalue("engines").close()  # Engine.shutdown() would kill this server
-    log = tmp_path_factory.mktemp("trained-server") / "server.log"
-    server = ServerProcess(CHECKPOINT, command=[str(ROOT / "launch_server.sh")], extra=["--dtype", "float32"],
-                           log_path=log, api_key=API_KEY)
-    yield server
-    server.stop()
-
-
-def run_eval(server, out, *args):
-    r = subprocess.run([sys.executable, "-m", "eval", "--base-url", server.url, "--benchmarks",
-                        ",".join(HELD_OUT.values()), "--out", str(out), "--no-progress",
-                        "--limit", str(PIPELINE_ITEMS), *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "MEGREZ_API_KEY": API_KEY})
-    assert r.returncode == 0, r.stderr[-3000:]
-    return {name: {rec["id"]: rec for rec in map(json.loads, (out / f"{name}.jsonl").open())}
-            for name in HELD_OUT.values()}
-
-
-@pytest.mark.slow
-def test_eval_through_the_server_equals_the_reference_item_by_item(trained_server, tmp_path):
+def test_eval_through_the_server_equals_the_reference_item_by_item(trained_free_greedy_eval):
     """`python -m eval --free --temperature 0` through launch_server.sh against the same prompts
     run through the reference model's generate() (the checkpoint's chat template, greedy,
     stopping at the stop tokens) and graded by the same benchmark code."""
     from transformers import AutoModelForCausalLM
 
-    served = run_eval(trained_server, tmp_path / "run", "--free", "--temperature", "0")
+    served = trained_free_greedy_eval
     model = AutoModelForCausalLM.from_pretrained(CHECKPOINT, dtype=torch.float32).eval()
     encoder = Encoder(load_tokenizer())
     for kind, name in HELD_OUT.items():
         bench = BENCHMARKS[name]()
-        items = bench.load()[:PIPELINE_ITEMS]
-        replies = greedy_replies(model, encoder, held_out_items(kind, PIPELINE_ITEMS),
+        items = bench.load()[:HELD_OUT_ITEMS]
+        replies = greedy_replies(model, encoder, held_out_items(kind, HELD_OUT_ITEMS),
                                  max_new_tokens=bench.max_tokens)
         for item, text in zip(items, replies, strict=True):
             answer = bench.extract(item, text)
@@ -385,15 +357,14 @@ def test_eval_through_the_server_equals_the_reference_item_by_item(trained_serve
                                      f"server:    {got}\nreference: {expected}")
 
 
-@pytest.mark.slow
-def test_grammars_make_every_reply_well_formed(trained_server, tmp_path):
+def test_grammars_make_every_reply_well_formed(trained_server, trained_free_greedy_eval, tmp_path):
     """The eval's constrained mode (megrez_sglang.programs' recipes: \\boxed regex, answer-object
     JSON schema) at temperature 0: every item has an answer of the right form."""
     served = run_eval(trained_server, tmp_path / "run", "--temperature", "0")
     shares = {}
     for name, records in served.items():
         answers = [r["answer"] for r in records.values()]
-        assert len(answers) == PIPELINE_ITEMS
+        assert len(answers) == HELD_OUT_ITEMS
         if name == "tiny_math":
             assert all(a is not None and a.strip().lstrip("-").isdigit() for a in answers), answers
         else:
@@ -402,7 +373,7 @@ def test_grammars_make_every_reply_well_formed(trained_server, tmp_path):
     print(f"held-out under the grammars (float32, greedy): 100 % well-formed, accuracy {shares}")
     # The grammars change the form, never the answer: greedy, each item's answer is the one the
     # model writes unconstrained (whose replies are all well-formed, see above).
-    free = run_eval(trained_server, tmp_path / "free", "--free", "--temperature", "0")
+    free = trained_free_greedy_eval
     for name, records in served.items():
         changed = {i: (free[name][i]["answer"], r["answer"]) for i, r in records.items()
                    if r["answer"] != free[name][i]["answer"]}
