@@ -700,7 +700,7 @@ def validation_message(errors: list[dict]) -> str:
 
 # pydantic's names for union members in an error's location: "str", "list[int]",
 # "function-after[validator(), Model]", "ChatCompletionMessageUserParam"
-_UNION_MEMBER = re.compile(r"[\[\](),-]|^[A-Z]|^(str|int|float|bool|dict|list|none|null)$")
+_UNION_MEMBER = re.compile(r"[\[\]()]|^[A-Z]|^(str|int|float|bool|dict|list|none|null)$")
 
 
 def validation_error_handler(sglang_handler):

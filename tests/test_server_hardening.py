@@ -33,6 +33,7 @@ from megrez_sglang.server_hardening import (
     hardened_server_environment,
     iter_routes,
     keys_from_environment,
+    validation_message,
 )
 
 from .conftest import ADMIN_KEY, API_KEY, ROOT
@@ -169,6 +170,30 @@ def test_a_websocket_handshake_needs_the_api_key(authorization, refused):
     asyncio.run(guard({"type": "websocket", "path": "/v1/realtime", "headers": headers}, receive, send))
     assert (sent, reached_app) == (([{"type": "websocket.close", "code": 1008}], []) if refused
                                    else ([], ["/v1/realtime"]))
+
+
+def test_validation_messages_name_fields_the_way_clients_write_them():
+    """pydantic's error locations, as FastAPI reports them for SGLang's request models: the union
+    member pydantic tried is left out, list indexes are brackets, "body" is implied."""
+    errors = [
+        {"loc": ("body", "messages", 0, "function-after[validate_role(), ChatCompletionMessageGenericParam]",
+                 "role"), "msg": "Value error, 'role' must be one of 'system', 'assistant'"},
+        {"loc": ("body", "messages", 0, "ChatCompletionMessageUserParam", "content"),
+         "msg": "Field required"},
+        {"loc": ("body", "prompt", "list[int]", 2), "msg": "Input should be a valid integer"},
+        {"loc": ("header", "content-type"),
+         "msg": "Unsupported Media Type: Only 'application/json' is allowed"},
+        {"loc": ("body",), "msg": "Field required"},
+        {"loc": ("body", "messages", 0, "ChatCompletionMessageUserParam", "content"),  # once only
+         "msg": "Field required"},
+    ]
+    assert validation_message(errors) == (
+        "messages[0].role: Value error, 'role' must be one of 'system', 'assistant'; "
+        "messages[0].content: Field required; prompt[2]: Input should be a valid integer; "
+        "header.content-type: Unsupported Media Type: Only 'application/json' is allowed; "
+        "the request body: Field required")
+    many = [{"loc": ("body", f"f{i}"), "msg": "Field required"} for i in range(8)]
+    assert validation_message(many).endswith("f4: Field required; and 3 more")
 
 
 # ------------------------------------------------------------------------------ the shared server
@@ -378,7 +403,9 @@ def test_a_frontend_language_program_sending_a_bad_token_id_is_refused(server, v
 
 
 MALFORMED_BODIES = {"a list": "[1, 2]", "a string": '"hello"', "a number": "42", "null": "null",
-                    "an empty body": ""}
+                    "an empty body": "", "an object nested 5000 deep": '{"a":' * 5000 + "1" + "}" * 5000}
+# what an error message must never show: where in the server's code it was raised
+SERVER_CODE_LOCATION = re.compile(r'File "|\.py\b|, line \d+')
 
 
 def test_malformed_bodies_to_every_post_endpoint_get_a_4xx_with_a_message(server):
@@ -395,7 +422,8 @@ def test_malformed_bodies_to_every_post_endpoint_get_a_4xx_with_a_message(server
                 r = requests.request(method, f"{server.url}{route.url_path}", data=raw, timeout=60,
                                      headers={**bearer(key), "Content-Type": "application/json"})
                 sent += 1
-                if not (400 <= r.status_code < 500 and error_message(r)):
+                message = error_message(r)
+                if not (400 <= r.status_code < 500 and message) or SERVER_CODE_LOCATION.search(message):
                     failures.append((method, route.path, name, r.status_code, r.text[:120]))
     assert sent > 200 and failures == []
     assert healthy(server.url) and generates(server.url)
@@ -475,6 +503,198 @@ def test_64_mixed_clients_8_dropping_their_streams_leave_nothing_behind(server, 
             break
         time.sleep(1)
     assert (load["num_running_reqs"], load["num_waiting_reqs"], load["num_used_tokens"]) == (0, 0, 0), load
+
+
+# ------------------------------------------- what third-party clients hit first (admission, 500s, seeds)
+
+CHAT = {"model": "megrez-moe", "messages": [{"role": "user", "content": "你好"}]}
+COMPLETION = {"model": "megrez-moe", "prompt": "你好"}
+
+
+def post(server, path: str, body: dict, **kwargs) -> requests.Response:
+    return requests.post(f"{server.url}{path}", headers=bearer(API_KEY), json=body, timeout=120, **kwargs)
+
+
+def nothing_queued_or_running(url: str) -> bool:
+    load = scheduler_load(url)
+    return (load["num_running_reqs"], load["num_waiting_reqs"]) == (0, 0)
+
+
+# The shared server runs with the default limits: n <= 16, <= 64 prompts, and at most its KV pool
+# (16,384 tokens on CPU) of new tokens per request; its context is 4096 tokens, its hidden size 64.
+OVER_THE_LIMITS = {
+    "chat n=25000 (the request that held the server for 5 minutes)": (
+        "/v1/chat/completions", {**CHAT, "n": 25000, "max_tokens": 2},
+        "n = 25000 is above this server's limit of 16 samples per prompt (launch_server.sh --max-n)"),
+    "a streamed chat, refused before its stream starts": (
+        "/v1/chat/completions", {**CHAT, "n": 17, "max_tokens": 2, "stream": True},
+        "n = 17 is above this server's limit of 16 samples per prompt"),
+    "completions n x max_tokens above the KV pool": (
+        "/v1/completions", {**COMPLETION, "n": 16, "max_tokens": 1025},
+        "asks for up to 16400 new tokens (1 prompt(s) x n = 16 x max_tokens), above this server's limit "
+        "of 16384 per request (launch_server.sh --max-request-tokens; by default its KV pool)"),
+    "completions with 65 prompts": (
+        "/v1/completions", {**COMPLETION, "prompt": ["你好"] * 65, "max_tokens": 1},
+        "the request holds 65 prompts, above this server's limit of 64 per request (launch_server.sh "
+        "--max-prompts)"),
+    "/generate with 65 prompts": (
+        "/generate", {"text": ["你好"] * 65, "sampling_params": {"max_new_tokens": 1}},
+        "the request holds 65 prompts, above this server's limit of 64"),
+    "/generate n=17": (
+        "/generate", {"text": "你好", "sampling_params": {"max_new_tokens": 1, "n": 17}},
+        "n = 17 is above this server's limit of 16"),
+    "/generate batch x n x max_new_tokens": (
+        "/generate", {"input_ids": [[5, 6], [7, 8]], "sampling_params": {"max_new_tokens": 600, "n": 16}},
+        "asks for up to 19200 new tokens (2 prompt(s) x n = 16 x max_tokens)"),
+    "best_of, which SGLang ignores": (
+        "/v1/completions", {**COMPLETION, "best_of": 3, "max_tokens": 2},
+        "best_of = 3 is not supported: SGLang ignores best_of"),
+}
+
+
+@pytest.mark.parametrize("case", OVER_THE_LIMITS)
+def test_a_request_above_the_admission_limits_gets_400_naming_the_limit_and_never_runs(server, case):
+    path, body, message = OVER_THE_LIMITS[case]
+    r = post(server, path, body)
+    assert r.status_code == 400 and message in error_message(r), r.text[:400]
+    assert nothing_queued_or_running(server.url)  # refused before the scheduler saw it
+
+
+def test_the_largest_requests_the_limits_allow_are_served(server):
+    r = post(server, "/v1/chat/completions", {**CHAT, "n": 16, "max_tokens": 2})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 16, r.text[:300]
+    r = post(server, "/generate", {"text": ["你好"] * 64, "sampling_params": {"max_new_tokens": 1}})
+    assert r.status_code == 200 and [o["meta_info"]["completion_tokens"] for o in r.json()] == [1] * 64
+
+
+# Each was a 500 (the server stayed up), or a 200 stream that broke off.
+CLIENT_ERRORS = {
+    "/api/chat without messages": (
+        "/api/chat", {"messages": [], "model": ""}, "Cannot apply chat template to an empty conversation"),
+    "/api/generate streaming past the context": (
+        "/api/generate", {"prompt": "你好", "model": "", "stream": True, "options": {"num_predict": 5000}},
+        "exceeds the model's maximum context length of 4096 tokens"),
+    "/api/chat with a seed it would drop": (
+        "/api/chat", {"messages": [{"role": "user", "content": "你好"}], "model": "", "stream": False,
+                      "options": {"seed": 42, "num_predict": 4}}, "seed is not honoured by this server"),
+    "/parse_function_call without a parser": (
+        "/parse_function_call", {"text": "hi", "tool_call_parser": "", "tools": []},
+        "tool_call_parser '' is not a parser this server knows; one of: "),
+    "/parse_function_call with an unknown parser": (
+        "/parse_function_call", {"text": "hi", "tool_call_parser": "nope", "tools": []},
+        "tool_call_parser 'nope' is not a parser this server knows; one of: "),
+    "/separate_reasoning without a parser": (
+        "/separate_reasoning", {"text": "hi", "reasoning_parser": ""},
+        "reasoning_parser '' is not a parser this server knows; one of: "),
+    "/separate_reasoning with an unknown parser": (
+        "/separate_reasoning", {"text": "hi", "reasoning_parser": "nope"},
+        "reasoning_parser 'nope' is not a parser this server knows"),
+    "/generate with an empty input_embeds vector": (
+        "/generate", {"input_embeds": [[]]}, "input_embeds[0] has 0 values; each position is a vector of "
+        "this model's hidden size, 64"),
+    "/generate with an empty list of prompts": ("/generate", {"text": []}, "text is an empty list"),
+    "/classify with an empty list of prompts": (
+        "/classify", {"input_ids": []}, "input_ids is an empty list: send at least one prompt"),
+}
+
+
+@pytest.mark.parametrize("case", CLIENT_ERRORS)
+def test_client_errors_that_were_500s_get_400_with_a_message(server, case):
+    path, body, message = CLIENT_ERRORS[case]
+    r = post(server, path, body)
+    assert r.status_code == 400 and message in error_message(r), r.text[:400]
+    assert healthy(server.url)
+
+
+def test_the_same_calls_written_right_are_served(server):
+    r = post(server, "/parse_function_call", {"text": "hi", "tool_call_parser": "qwen25", "tools": []})
+    assert r.status_code == 200 and r.json()["normal_text"] == "hi", r.text[:300]
+    r = post(server, "/separate_reasoning", {"text": "<think>a</think>b", "reasoning_parser": "qwen3"})
+    assert r.status_code == 200 and (r.json()["reasoning_text"], r.json()["text"]) == ("a", "b"), r.text[:300]
+
+
+def test_ollama_without_num_predict_replies_within_the_context(server):
+    """Ollama's routes asked for 2048 new tokens by default (500 when the context has less room):
+    now, as /v1/* without max_tokens, the reply runs at most to the end of the context. A prompt
+    that leaves about 16 tokens of the 4096-token context (upstream: 500) is answered."""
+    unit = "北京是中华人民共和国的首都。"
+    per_unit = post(server, "/tokenize", {"prompt": unit}).json()["count"]
+    prompt = unit * ((4096 - 16) // per_unit)
+    r = post(server, "/api/generate", {"prompt": prompt, "model": "", "stream": False})
+    assert r.status_code == 200, r.text[:300]
+    reply = r.json()
+    assert reply["done"] and 0 < reply["eval_count"] <= 4096 - reply["prompt_eval_count"] <= 16 + per_unit
+    with requests.post(f"{server.url}/api/generate", headers=bearer(API_KEY), stream=True, timeout=120,
+                       json={"prompt": "你好", "model": "", "options": {"num_predict": 3}}) as r:
+        chunks = [json.loads(line) for line in r.iter_lines() if line]
+    assert r.status_code == 200 and [c["done"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+
+
+@pytest.mark.parametrize("path, body, message", [
+    ("/v1/chat/completions", {**CHAT, "max_tokens": "many"},
+     "max_tokens: Input should be a valid integer, unable to parse string as an integer"),
+    ("/v1/chat/completions", {"model": "megrez-moe", "messages": [{"role": "user"}]},
+     "messages[0].content: Field required"),
+    ("/v1/completions", {"model": "megrez-moe"}, "prompt: Field required"),
+])
+def test_validation_errors_name_the_field_and_the_problem_and_no_server_file(server, path, body, message):
+    r = post(server, path, body)
+    assert r.status_code == 400 and message in error_message(r), r.text[:400]
+    assert not SERVER_CODE_LOCATION.search(r.text), r.text[:400]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {**CHAT, "max_tokens": 4, "temperature": 0.7, "seed": 42}),
+    ("/v1/chat/completions", {**CHAT, "max_tokens": 4, "seed": 42, "stream": True}),  # the checkpoint's 0.7
+    ("/v1/completions", {**COMPLETION, "max_tokens": 4, "seed": 42}),
+    ("/generate", {"text": "你好", "sampling_params": {"max_new_tokens": 4, "sampling_seed": 42}}),
+])
+def test_a_seed_sglang_would_drop_is_refused_saying_why(server, path, body):
+    """SGLang applies per-request seeds only with --enable-deterministic-inference (CUDA); without
+    it three calls with seed 42 gave three texts."""
+    r = post(server, path, body)
+    assert r.status_code == 400 and "seed is not honoured by this server" in error_message(r), r.text[:300]
+    assert "--enable-deterministic-inference" in error_message(r)
+
+
+def test_a_seed_with_greedy_decoding_is_accepted_and_the_text_repeats(server):
+    texts = []
+    for _ in range(2):
+        r = post(server, "/v1/chat/completions", {**CHAT, "max_tokens": 8, "temperature": 0, "seed": 1234})
+        assert r.status_code == 200, r.text[:300]
+        texts.append(r.json()["choices"][0]["message"]["content"])
+    assert texts[0] == texts[1] and texts[0]
+
+
+def test_echo_with_max_tokens_0_returns_the_prompts_logprobs(server):
+    """OpenAI's legacy API: the prompt's logprobs and nothing generated (lm-evaluation-harness
+    and other log-likelihood clients); the same values as the prompt part of max_tokens 1."""
+    prompt = [5, 600, 1200, 37, 99]
+    zero = post(server, "/v1/completions", {**COMPLETION, "prompt": prompt, "echo": True, "logprobs": 1,
+                                            "max_tokens": 0, "temperature": 0})
+    one = post(server, "/v1/completions", {**COMPLETION, "prompt": prompt, "echo": True, "logprobs": 1,
+                                           "max_tokens": 1, "temperature": 0})
+    assert zero.status_code == 200 and one.status_code == 200, zero.text[:300]
+    choice = zero.json()["choices"][0]
+    assert zero.json()["usage"]["completion_tokens"] == 0 and choice["finish_reason"] == "length"
+    logprobs = choice["logprobs"]["token_logprobs"]
+    assert len(logprobs) == len(prompt) and logprobs[0] is None and all(x < 0 for x in logprobs[1:])
+    assert logprobs == pytest.approx(one.json()["choices"][0]["logprobs"]["token_logprobs"][:len(prompt)],
+                                     abs=1e-4)
+    r = post(server, "/v1/completions", {**COMPLETION, "max_tokens": 0})  # without echo: as OpenAI
+    assert r.status_code == 400 and "max_tokens: Value error, max_tokens must be positive" in error_message(r)
+
+
+def test_echo_with_logprobs_0_is_refused_rather_than_answered_without_the_prompts_logprobs(server):
+    r = post(server, "/v1/completions", {**COMPLETION, "max_tokens": 1, "echo": True, "logprobs": 0})
+    assert r.status_code == 400 and "ask for logprobs = 1" in error_message(r), r.text[:300]
+
+
+def test_echo_with_logprobs_logs_no_warning(server):
+    for _ in range(3):
+        assert post(server, "/v1/completions", {**COMPLETION, "max_tokens": 1, "echo": True,
+                                                "logprobs": 1}).status_code == 200
+    assert "Echo is not compatible with logprobs" not in server.log_path.read_text(errors="replace")
 
 
 def test_the_server_log_holds_no_key(server):
