@@ -494,7 +494,9 @@ async def invalid_json_body(request, exc: json.JSONDecodeError):
 MAX_N_ENV = "MEGREZ_MAX_N"
 MAX_PROMPTS_ENV = "MEGREZ_MAX_PROMPTS"
 MAX_REQUEST_TOKENS_ENV = "MEGREZ_MAX_REQUEST_TOKENS"
-DEFAULT_MAX_N = 16  # samples per prompt (OpenAI's n)
+# samples per prompt (OpenAI's n): with 8 on a 2-core CPU a concurrent chat takes 1.7x its idle
+# time while the largest admitted request runs, with 16 2.2x (BENCHMARKS.md, bench.admission)
+DEFAULT_MAX_N = 8
 DEFAULT_MAX_PROMPTS = 64  # prompts in one request (/generate and /v1/completions lists)
 
 

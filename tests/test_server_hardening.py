@@ -520,18 +520,18 @@ def nothing_queued_or_running(url: str) -> bool:
     return (load["num_running_reqs"], load["num_waiting_reqs"]) == (0, 0)
 
 
-# The shared server runs with the default limits: n <= 16, <= 64 prompts, and at most its KV pool
+# The shared server runs with the default limits: n <= 8, <= 64 prompts, and at most its KV pool
 # (16,384 tokens on CPU) of new tokens per request; its context is 4096 tokens, its hidden size 64.
 OVER_THE_LIMITS = {
     "chat n=25000 (the request that held the server for 5 minutes)": (
         "/v1/chat/completions", {**CHAT, "n": 25000, "max_tokens": 2},
-        "n = 25000 is above this server's limit of 16 samples per prompt (launch_server.sh --max-n)"),
+        "n = 25000 is above this server's limit of 8 samples per prompt (launch_server.sh --max-n)"),
     "a streamed chat, refused before its stream starts": (
-        "/v1/chat/completions", {**CHAT, "n": 17, "max_tokens": 2, "stream": True},
-        "n = 17 is above this server's limit of 16 samples per prompt"),
+        "/v1/chat/completions", {**CHAT, "n": 9, "max_tokens": 2, "stream": True},
+        "n = 9 is above this server's limit of 8 samples per prompt"),
     "completions n x max_tokens above the KV pool": (
-        "/v1/completions", {**COMPLETION, "n": 16, "max_tokens": 1025},
-        "asks for up to 16400 new tokens (1 prompt(s) x n = 16 x max_tokens), above this server's limit "
+        "/v1/completions", {**COMPLETION, "n": 8, "max_tokens": 2049},
+        "asks for up to 16392 new tokens (1 prompt(s) x n = 8 x max_tokens), above this server's limit "
         "of 16384 per request (launch_server.sh --max-request-tokens; by default its KV pool)"),
     "completions with 65 prompts": (
         "/v1/completions", {**COMPLETION, "prompt": ["你好"] * 65, "max_tokens": 1},
@@ -540,12 +540,12 @@ OVER_THE_LIMITS = {
     "/generate with 65 prompts": (
         "/generate", {"text": ["你好"] * 65, "sampling_params": {"max_new_tokens": 1}},
         "the request holds 65 prompts, above this server's limit of 64"),
-    "/generate n=17": (
-        "/generate", {"text": "你好", "sampling_params": {"max_new_tokens": 1, "n": 17}},
-        "n = 17 is above this server's limit of 16"),
+    "/generate n=9": (
+        "/generate", {"text": "你好", "sampling_params": {"max_new_tokens": 1, "n": 9}},
+        "n = 9 is above this server's limit of 8"),
     "/generate batch x n x max_new_tokens": (
-        "/generate", {"input_ids": [[5, 6], [7, 8]], "sampling_params": {"max_new_tokens": 600, "n": 16}},
-        "asks for up to 19200 new tokens (2 prompt(s) x n = 16 x max_tokens)"),
+        "/generate", {"input_ids": [[5, 6], [7, 8]], "sampling_params": {"max_new_tokens": 1200, "n": 8}},
+        "asks for up to 19200 new tokens (2 prompt(s) x n = 8 x max_tokens)"),
     "best_of, which SGLang ignores": (
         "/v1/completions", {**COMPLETION, "best_of": 3, "max_tokens": 2},
         "best_of = 3 is not supported: SGLang ignores best_of"),
@@ -561,8 +561,8 @@ def test_a_request_above_the_admission_limits_gets_400_naming_the_limit_and_neve
 
 
 def test_the_largest_requests_the_limits_allow_are_served(server):
-    r = post(server, "/v1/chat/completions", {**CHAT, "n": 16, "max_tokens": 2})
-    assert r.status_code == 200 and len(r.json()["choices"]) == 16, r.text[:300]
+    r = post(server, "/v1/chat/completions", {**CHAT, "n": 8, "max_tokens": 2})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 8, r.text[:300]
     r = post(server, "/generate", {"text": ["你好"] * 64, "sampling_params": {"max_new_tokens": 1}})
     assert r.status_code == 200 and [o["meta_info"]["completion_tokens"] for o in r.json()] == [1] * 64
 
