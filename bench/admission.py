@@ -115,7 +115,8 @@ def main() -> int:
             server.stop()
 
     ratio = statistics.median(busy) / statistics.median(idle)
-    print_table(f"a {args.chat_tokens}-token chat (greedy), median of {args.chats}, on {args.model or url}",
+    served = args.base_url or args.model or "launch_server.sh's default model (the trained tiny checkpoint)"
+    print_table(f"a {args.chat_tokens}-token chat (greedy), median of {args.chats}, on {served}",
                 ["server", "median s", "min s", "max s"],
                 [["idle", statistics.median(idle), min(idle), max(idle)],
                  [f"running n={args.max_n} x max_tokens={max_tokens} ({running} sequences)",

@@ -44,6 +44,17 @@ is left exactly as upstream ships it.
 8. SIGTERM drains with a deadline: SGLang stops taking health checks and waits for the requests
    in flight, with no limit. Whatever still runs MEGREZ_DRAIN_TIMEOUT_S seconds after SIGTERM is
    aborted (streams end with finish_reason "abort"), so the server stops on its own, exit 0.
+9. Client errors SGLang answered with 500, and its error messages: a ValueError escaping a route
+   (SGLang's own signal for a bad request, which its /generate and OpenAI routes answer with 400)
+   is a 400 everywhere; an empty list of prompts, an empty input_embeds vector, an unknown
+   tool-call or reasoning parser, and a body nested deeper than MAX_JSON_DEPTH get 400 naming
+   them; validation errors read "field: problem" instead of Python reprs with the server's file
+   path; Ollama's routes cap an unset num_predict to the context (SGLang asked for 2048 tokens)
+   and fail before their stream starts; seed, best_of and echo with logprobs 0, which SGLang
+   takes and drops, are refused saying so; echo with max_tokens 0 scores the prompt.
+10. Admission limits: one request asks for at most MEGREZ_MAX_N samples of a prompt,
+   MEGREZ_MAX_PROMPTS prompts and MEGREZ_MAX_REQUEST_TOKENS new tokens in all (AdmissionLimits);
+   upstream one chat with n = 25000 kept every other request waiting for minutes.
 """
 
 from __future__ import annotations
@@ -489,6 +500,150 @@ async def invalid_json_body(request, exc: json.JSONDecodeError):
 
 
 # ---------------------------------------------------------------------------------------------
+# 8. shutdown
+
+
+def sigterm_with_drain_deadline(sigterm_handler, signal_handler, *args, **kwargs):
+    """AROUND-hook of tokenizer_manager.SignalHandler.sigterm_handler, which SGLang runs on the
+    tokenizer manager's event loop: SGLang's drain (sigterm_watchdog) waits while any request is
+    in flight; abort what is left at the deadline, and the drain then ends by itself."""
+    sigterm_handler(signal_handler, *args, **kwargs)
+    manager = signal_handler.tokenizer_manager
+    deadline_s = float(os.environ.get(DRAIN_TIMEOUT_ENV, DEFAULT_DRAIN_TIMEOUT_S))
+
+    def abort_what_is_left():
+        if manager.rid_to_state:
+            logger.warning("%d requests still running %.0f s after SIGTERM: aborting them",
+                           len(manager.rid_to_state), deadline_s)
+            manager.abort_request(abort_all=True)
+
+    manager.event_loop.call_later(deadline_s, abort_what_is_left)
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. client errors answered with 500, and error messages
+
+
+def client_error(request, exc: ValueError):
+    """Exception handler for ValueError: SGLang's request handlers signal a bad request with it
+    (its /generate and OpenAI routes answer it with 400); the routes that do not catch it
+    (/api/chat, /api/generate, /parse_function_call, /separate_reasoning) answered 500."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(bad_request_content(str(exc) or type(exc).__name__), status_code=400)
+
+
+MAX_VALIDATION_ERRORS_SHOWN = 5
+
+
+def validation_message(errors: list[dict]) -> str:
+    """pydantic's errors as "field: problem" (e.g. "messages[0].content: Field required"); SGLang's
+    message was str() of FastAPI's exception: Python reprs, the input echoed back, and the server's
+    file path and line."""
+    parts = []
+    for error in errors:
+        loc = list(error.get("loc", ()))
+        where = ""
+        for part in loc[1:] if loc[:1] == ["body"] else loc:
+            if isinstance(part, int):
+                where += f"[{part}]"
+            elif not _UNION_MEMBER.search(str(part)):  # which alternative of a union pydantic tried
+                where += f".{part}" if where else str(part)
+        part = f"{where or 'the request body'}: {error.get('msg', 'invalid')}"
+        if part not in parts:
+            parts.append(part)
+    shown = parts[:MAX_VALIDATION_ERRORS_SHOWN]
+    if len(parts) > len(shown):
+        shown.append(f"and {len(parts) - len(shown)} more")
+    return "; ".join(shown) or "the request is invalid"
+
+
+# pydantic's names for union members in an error's location: "str", "list[int]",
+# "function-after[validator(), Model]", "ChatCompletionMessageUserParam"
+_UNION_MEMBER = re.compile(r"[\[\]()]|^[A-Z]|^(str|int|float|bool|dict|list|none|null)$")
+
+
+def validation_error_handler(sglang_handler):
+    """Exception handler for RequestValidationError (400, as SGLang's) with validation_message();
+    /v1/messages (Anthropic's envelope) and /v1/systemone (its documented 422) keep SGLang's own,
+    which leave the path out already."""
+
+    async def handler(request, exc):
+        from fastapi.responses import JSONResponse
+
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if path.startswith("/v1/messages") or path == "/v1/systemone":
+            return await sglang_handler(request, exc)
+        message = validation_message(exc.errors())
+        if path.startswith("/v1/responses"):
+            return JSONResponse({"error": {"message": message, "type": "Bad Request", "param": None,
+                                           "code": 400}}, status_code=400)
+        return JSONResponse(bad_request_content(message), status_code=400)
+
+    return handler
+
+
+def check_tool_call_parser(parser, *args, **kwargs) -> None:
+    """BEFORE-hook of FunctionCallParser.__init__ (/parse_function_call names the parser in its
+    body): the condition SGLang raises on, with the names it knows."""
+    name = kwargs.get("tool_call_parser", args[1] if len(args) > 1 else None)
+    known = type(parser).ToolCallParserEnum
+    if name not in known:
+        raise ValueError(f"tool_call_parser {name!r} is not a parser this server knows; one of: "
+                         f"{', '.join(sorted(known))}")
+
+
+def check_reasoning_parser(parser, *args, **kwargs) -> None:
+    """BEFORE-hook of ReasoningParser.__init__ (/separate_reasoning names it in its body)."""
+    name = kwargs.get("model_type", args[0] if args else None)
+    known = type(parser).DetectorMap
+    if not isinstance(name, str) or name.lower() not in known:
+        raise ValueError(f"reasoning_parser {name!r} is not a parser this server knows; one of: "
+                         f"{', '.join(sorted(known))}")
+
+
+def ollama_sampling_params(params: dict, _serving, options: dict | None = None, *_args, **_kwargs) -> dict:
+    """AFTER-hook of OllamaServing._convert_options_to_sampling_params. Without options.num_predict
+    SGLang asked for 2048 new tokens whatever the context (above it: 500, or a stream that broke
+    off); unset, SGLang caps a reply to what the context leaves, as /v1/* do without max_tokens.
+    Ollama's `seed` is SGLang's sampling_seed (as `seed` it was an unknown sampling parameter)."""
+    if not options or options.get("num_predict") is None:
+        params["max_new_tokens"] = None
+    if "seed" in params:
+        params["sampling_seed"] = params.pop("seed")
+    return params
+
+
+async def first_chunk_before_the_response(original, *args, **kwargs):
+    """AROUND-hook of OllamaServing's _stream_*_response: the stream's first chunk is computed
+    before the response starts, so that a request SGLang refuses (a ValueError: the prompt is too
+    long, a parameter out of range) is answered 400 instead of a 200 stream that breaks off."""
+    response = await original(*args, **kwargs)
+    chunks = response.body_iterator
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        return response
+
+    async def the_whole_stream():
+        yield first
+        async for chunk in chunks:
+            yield chunk
+
+    response.body_iterator = the_whole_stream()
+    return response
+
+
+class EchoWithLogprobsWarning(logging.Filter):
+    """SGLang warns "Echo is not compatible with logprobs" on every /v1/completions request with
+    echo and logprobs, then returns the prompt's logprobs all the same (lm-evaluation-harness's
+    log-likelihood requests are all such requests)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Echo is not compatible with logprobs")
+
+
+# ---------------------------------------------------------------------------------------------
 # 10. admission limits
 
 MAX_N_ENV = "MEGREZ_MAX_N"
@@ -660,150 +815,6 @@ def check_input_embeds(input_embeds, hidden_size: int) -> None:
                 size = len(vector) if isinstance(vector, list) else type(vector).__name__
                 raise ValueError(f"{where} has {size} values; each position is a vector of this model's "
                                  f"hidden size, {hidden_size}")
-
-
-# ---------------------------------------------------------------------------------------------
-# 9. client errors answered with 500, and error messages
-
-
-def client_error(request, exc: ValueError):
-    """Exception handler for ValueError: SGLang's request handlers signal a bad request with it
-    (its /generate and OpenAI routes answer it with 400); the routes that do not catch it
-    (/api/chat, /api/generate, /parse_function_call, /separate_reasoning) answered 500."""
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse(bad_request_content(str(exc) or type(exc).__name__), status_code=400)
-
-
-MAX_VALIDATION_ERRORS_SHOWN = 5
-
-
-def validation_message(errors: list[dict]) -> str:
-    """pydantic's errors as "field: problem" (e.g. "messages[0].content: Field required"); SGLang's
-    message was str() of FastAPI's exception: Python reprs, the input echoed back, and the server's
-    file path and line."""
-    parts = []
-    for error in errors:
-        loc = list(error.get("loc", ()))
-        where = ""
-        for part in loc[1:] if loc[:1] == ["body"] else loc:
-            if isinstance(part, int):
-                where += f"[{part}]"
-            elif not _UNION_MEMBER.search(str(part)):  # which alternative of a union pydantic tried
-                where += f".{part}" if where else str(part)
-        part = f"{where or 'the request body'}: {error.get('msg', 'invalid')}"
-        if part not in parts:
-            parts.append(part)
-    shown = parts[:MAX_VALIDATION_ERRORS_SHOWN]
-    if len(parts) > len(shown):
-        shown.append(f"and {len(parts) - len(shown)} more")
-    return "; ".join(shown) or "the request is invalid"
-
-
-# pydantic's names for union members in an error's location: "str", "list[int]",
-# "function-after[validator(), Model]", "ChatCompletionMessageUserParam"
-_UNION_MEMBER = re.compile(r"[\[\]()]|^[A-Z]|^(str|int|float|bool|dict|list|none|null)$")
-
-
-def validation_error_handler(sglang_handler):
-    """Exception handler for RequestValidationError (400, as SGLang's) with validation_message();
-    /v1/messages (Anthropic's envelope) and /v1/systemone (its documented 422) keep SGLang's own,
-    which leave the path out already."""
-
-    async def handler(request, exc):
-        from fastapi.responses import JSONResponse
-
-        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-        if path.startswith("/v1/messages") or path == "/v1/systemone":
-            return await sglang_handler(request, exc)
-        message = validation_message(exc.errors())
-        if path.startswith("/v1/responses"):
-            return JSONResponse({"error": {"message": message, "type": "Bad Request", "param": None,
-                                           "code": 400}}, status_code=400)
-        return JSONResponse(bad_request_content(message), status_code=400)
-
-    return handler
-
-
-def check_tool_call_parser(parser, *args, **kwargs) -> None:
-    """BEFORE-hook of FunctionCallParser.__init__ (/parse_function_call names the parser in its
-    body): the condition SGLang raises on, with the names it knows."""
-    name = kwargs.get("tool_call_parser", args[1] if len(args) > 1 else None)
-    known = type(parser).ToolCallParserEnum
-    if name not in known:
-        raise ValueError(f"tool_call_parser {name!r} is not a parser this server knows; one of: "
-                         f"{', '.join(sorted(known))}")
-
-
-def check_reasoning_parser(parser, *args, **kwargs) -> None:
-    """BEFORE-hook of ReasoningParser.__init__ (/separate_reasoning names it in its body)."""
-    name = kwargs.get("model_type", args[0] if args else None)
-    known = type(parser).DetectorMap
-    if not isinstance(name, str) or name.lower() not in known:
-        raise ValueError(f"reasoning_parser {name!r} is not a parser this server knows; one of: "
-                         f"{', '.join(sorted(known))}")
-
-
-def ollama_sampling_params(params: dict, _serving, options: dict | None = None, *_args, **_kwargs) -> dict:
-    """AFTER-hook of OllamaServing._convert_options_to_sampling_params. Without options.num_predict
-    SGLang asked for 2048 new tokens whatever the context (above it: 500, or a stream that broke
-    off); unset, SGLang caps a reply to what the context leaves, as /v1/* do without max_tokens.
-    Ollama's `seed` is SGLang's sampling_seed (as `seed` it was an unknown sampling parameter)."""
-    if not options or options.get("num_predict") is None:
-        params["max_new_tokens"] = None
-    if "seed" in params:
-        params["sampling_seed"] = params.pop("seed")
-    return params
-
-
-async def first_chunk_before_the_response(original, *args, **kwargs):
-    """AROUND-hook of OllamaServing's _stream_*_response: the stream's first chunk is computed
-    before the response starts, so that a request SGLang refuses (a ValueError: the prompt is too
-    long, a parameter out of range) is answered 400 instead of a 200 stream that breaks off."""
-    response = await original(*args, **kwargs)
-    chunks = response.body_iterator
-    try:
-        first = await chunks.__anext__()
-    except StopAsyncIteration:
-        return response
-
-    async def the_whole_stream():
-        yield first
-        async for chunk in chunks:
-            yield chunk
-
-    response.body_iterator = the_whole_stream()
-    return response
-
-
-class EchoWithLogprobsWarning(logging.Filter):
-    """SGLang warns "Echo is not compatible with logprobs" on every /v1/completions request with
-    echo and logprobs, then returns the prompt's logprobs all the same (lm-evaluation-harness's
-    log-likelihood requests are all such requests)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Echo is not compatible with logprobs")
-
-
-# ---------------------------------------------------------------------------------------------
-# 8. shutdown
-
-
-def sigterm_with_drain_deadline(sigterm_handler, signal_handler, *args, **kwargs):
-    """AROUND-hook of tokenizer_manager.SignalHandler.sigterm_handler, which SGLang runs on the
-    tokenizer manager's event loop: SGLang's drain (sigterm_watchdog) waits while any request is
-    in flight; abort what is left at the deadline, and the drain then ends by itself."""
-    sigterm_handler(signal_handler, *args, **kwargs)
-    manager = signal_handler.tokenizer_manager
-    deadline_s = float(os.environ.get(DRAIN_TIMEOUT_ENV, DEFAULT_DRAIN_TIMEOUT_S))
-
-    def abort_what_is_left():
-        if manager.rid_to_state:
-            logger.warning("%d requests still running %.0f s after SIGTERM: aborting them",
-                           len(manager.rid_to_state), deadline_s)
-            manager.abort_request(abort_all=True)
-
-    manager.event_loop.call_later(deadline_s, abort_what_is_left)
 
 
 # ---------------------------------------------------------------------------------------------
