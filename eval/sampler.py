@@ -51,7 +51,7 @@ class ServerSampler:
         self.config = config
         self.base_url, self.api_key = base_url.rstrip("/"), api_key
         self.grammar_backend = server_grammar_backend(self.client)  # None: the regex form of the box
-        self.sends_seeds = self._server_info().get("enable_deterministic_inference") is True
+        self.sends_seeds = self._get("/server_info").get("enable_deterministic_inference") is True
 
     def _get(self, path: str) -> dict:
         """A GET of an SGLang information endpoint; {} from a server that does not have it."""
@@ -63,9 +63,6 @@ class ServerSampler:
             return r.json() if r.ok else {}
         except (requests.RequestException, ValueError):  # not an SGLang server
             return {}
-
-    def _server_info(self) -> dict:
-        return self._get("/server_info")
 
     def model_path(self) -> str:
         """The checkpoint the server serves (SGLang's /get_model_info), else the served name."""

@@ -115,10 +115,11 @@ def test_chat_completions_scores_equal_the_projects_item_by_item(chat_run, train
         assert sample["filtered_resps"][0] == (utils.NO_ANSWER if answer is None else answer), item_id
         assert sample["exact_match"] == record["correct"], (item_id, answer, record["gold"])
     score = sum(r["correct"] for r in ours.values()) / len(ours)
-    assert chat_run[task]["results"]["exact_match,answer_object" if task == "tiny_choice"
-                                     else "exact_match,boxed"] == pytest.approx(score)
-    print(f"{task}: lm-eval {100 * score:.1f} %, python -m eval --free --temperature 0 {100 * score:.1f} % "
-          f"({len(ours)} items)")
+    reported = chat_run[task]["results"]["exact_match,answer_object" if task == "tiny_choice"
+                                         else "exact_match,boxed"]
+    print(f"{task}: lm-eval {100 * reported:.1f} %, python -m eval --free --temperature 0 "
+          f"{100 * score:.1f} % ({len(ours)} items)")
+    assert reported == pytest.approx(score)
 
 
 def test_completions_loglikelihoods_are_the_reference_models(loglikelihood_run):

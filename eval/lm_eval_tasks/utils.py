@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 
+from eval.gsm8k import gsm8k_number  # the repository's eval package (on the path in its environment)
 from megrez_sglang.answers import extract_choice, last_boxed
 
 HERE = Path(__file__).resolve().parent
@@ -41,8 +42,6 @@ def canonical_number(value: float) -> str:
 
 def boxed_number(resps, docs):
     """The last \\boxed{} of each reply, as the number GSM8K's rule reads in it ("42", "-7")."""
-    from eval.gsm8k import gsm8k_number  # noqa: PLC0415 - the repository's eval package
-
     def number(text: str) -> str:
         value = gsm8k_number(last_boxed(text))
         return NO_ANSWER if value is None else canonical_number(value)
