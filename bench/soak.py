@@ -4,324 +4,137 @@ errors (must be 0), latency per minute, and the server processes' memory at the 
     python -m bench.soak [--model PATH | --base-url URL] [--minutes 10] [--warmup-minutes 1]
                          [--clients 16] [--seed 0] [--out PATH]
 
-Every client loops over the mix, each starting at another kind: a chat completion (openai
-client), a streamed chat read to the end, a /generate stream the client hangs up on after half of
-its tokens, a chat under response_format json_schema (the reply validated with jsonschema), a
-regex-constrained /generate, and a frontend-language program forking 3 branches
-(solve_math_self_consistent, k=3: one request). Half of the prompts come from small fixed pools,
-half are fresh, so that the radix cache sees hits and misses. An error is an exception, a non-2xx
-reply, or a reply failing its own check (finish_reason, schema, regex, a box in every branch);
-every one is counted with its kind, the first few are printed. Latencies are those of the
-requests served (a dropped stream's: until the client hung up). Per minute it prints requests
-served, errors, p50 and p99 latency, and, to read them on a shared machine, the server's RSS and
-CPU use (% of one core), this process's (the clients') and the load average.
+The clients are Locust users (headless, one process): Locust runs them, times every request,
+computes the percentiles, and writes its CSV files and HTML report (named at the end). The request
+mix is this project's own and lives in bench/soak_mix.py, the locustfile: chat, streamed chat, a
+/generate stream dropped after half of its tokens, a chat under a JSON schema, a regex-constrained
+/generate, a frontend-language program forking 3 branches (the docstring there says how each is
+checked). What this module keeps is what Locust does not do: starting the server, sampling the
+server's memory and CPU, the per-minute table and the verdicts.
+
+Per minute (from Locust's stats history, written every second; each row's percentiles cover the
+minute before it) it prints requests served, failures, p50 and p99 latency, and, to read them on a
+shared machine, the server's RSS and CPU use (% of one core), Locust's (the clients') and the load
+average. Requests still in flight at the end finish (Locust's --stop-timeout) and count in the
+last minute.
 
 Without --base-url it serves --model (default: what launch_server.sh serves without a path, the
-trained tiny checkpoint) for the duration, with a fresh API key sent as bearer; the server's log
-goes to a temporary file, named at the start. --base-url measures a running server or router
-(MEGREZ_API_KEY, when set, is its key). Memory: the summed RSS of the server's process tree
-(supervisor, `sglang serve`, scheduler, detokenizer) before the traffic, after --warmup-minutes
-of it, and at the end; with --base-url only when the server runs on this machine (found from the
-process listening on its port). At the end the server must be healthy and idle (/v1/loads).
-Exit status 1 when a request failed, the server was not healthy and idle at the end, or its RSS
-grew by RSS_GROWTH_LIMIT_PCT or more after the warm-up. A benchmark, not a test: figures in
-BENCHMARKS.md.
+trained tiny checkpoint) for the duration, with a fresh API key handed to the server and to Locust
+through their environments; the server's log goes to a temporary file, named at the start.
+--base-url measures a running server or router (MEGREZ_API_KEY, when set, is its key). Memory: the
+summed RSS of the server's process tree (supervisor, `sglang serve`, scheduler, detokenizer) before
+the traffic, after --warmup-minutes of it, and at the end; with --base-url only when the server
+runs on this machine (found from the process listening on its port). At the end the server must be
+healthy and idle (/v1/loads). Exit status 1 when a request failed, the server was not healthy and
+idle at the end, or its RSS grew by RSS_GROWTH_LIMIT_PCT or more after the warm-up. A benchmark,
+not a test: figures in BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import csv
 import math
 import os
-import random
 import re
 import secrets
 import socket
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-import traceback
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
-import numpy as np
-import openai
 import psutil
 import requests
 
 from megrez_sglang.model_path import TRAINED_CHECKPOINT
-from megrez_sglang.programs import answer_json_schema, endpoint, solve_math_self_consistent
-from megrez_sglang.server import SERVED_MODEL_NAME, ServerProcess
+from megrez_sglang.server import ServerProcess
 from megrez_sglang.server_hardening import API_KEY_ENV
-from megrez_sglang.tiny_corpus import choice_item, fact_items, random_math_key
 
 from .report import print_table, write_json
 
-KINDS = ("chat", "stream", "dropped_stream", "json", "regex", "program")
+LOCUSTFILE = Path(__file__).with_name("soak_mix.py")
+KINDS = ("chat", "stream", "dropped_stream", "json", "regex", "program")  # soak_mix.KINDS, in its order
 RSS_GROWTH_LIMIT_PCT = 5.0
-HOT_SHARE = 0.5  # prompts drawn from the fixed pools (radix cache hits); the rest are fresh
-HOT_POOL = 8  # fixed prompts per pool built here (the facts are a pool of their own)
-CHAT_TOKENS, DROPPED_TOKENS, JSON_TOKENS, REGEX_TOKENS = 32, 32, 32, 12
-PROGRAM_BRANCHES, PROGRAM_REASONING_TOKENS = 3, 32
-VERDICT_REGEX = r"(是|否)，[0-9]{1,3}"
-REQUEST_TIMEOUT_S = 300
+REQUEST_TIMEOUT_S = 300  # also how long Locust lets the requests in flight at the end finish
 IDLE_TIMEOUT_S = 60  # the end: how long the server may take to show 0 running, 0 waiting
+START_TIMEOUT_S = 120  # Locust's start (it imports this package) until its first user runs
 SHOWN_ERRORS = 10
 MIB = 1 << 20
 
 
-class CheckFailed(Exception):
-    """A reply that arrived (2xx) but fails its own check."""
-
-    def __init__(self, check: str, message: str):
-        super().__init__(message)
-        self.kind = f"check: {check}"
+# ---------------------------------------------------------------------------------- Locust's figures
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, text: str):
-        super().__init__(f"{status}: {text[:300]}")
-        self.kind = f"HTTP {status}"
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
-@dataclass
-class Outcome:
-    kind: str
-    start: float  # seconds since the traffic started
-    end: float
-    error: str | None = None  # its kind: "HTTP 500", "check: schema", an exception's name
-    message: str = ""
-    prompt_tokens: int = 0  # where the reply reports them (chat, JSON, regex)
-    cached_tokens: int = 0
-
-    @property
-    def latency(self) -> float:
-        return self.end - self.start
+def milliseconds_to_s(value: str | None) -> float | None:
+    """A Locust percentile cell (ms; "N/A" or 0 where the window held no request) in seconds."""
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        return None
+    return ms / 1000 if ms > 0 else None
 
 
-def error_kind(e: BaseException) -> str:
-    if isinstance(e, CheckFailed | HTTPError):
-        return e.kind
-    if isinstance(e, openai.APIStatusError):
-        return f"HTTP {e.status_code}"
-    return type(e).__name__
+def traffic_start(history: list[dict]) -> int | None:
+    """The second (Unix time) of the first history row with users running."""
+    running = [r for r in history if r["Name"] == "Aggregated" and int(r["User Count"]) > 0]
+    return int(running[0]["Timestamp"]) if running else None
 
 
-# ----------------------------------------------------------------------------------------- traffic
-
-
-class Prompts:
-    """One client's prompts: HOT_SHARE of them from fixed pools shared by every client, the
-    rest fresh (random numbers)."""
-
-    def __init__(self, rng: random.Random, pools: dict[str, list]):
-        self.rng, self.pools = rng, pools
-
-    def pick(self, pool: str, fresh: Callable[[], object]):
-        return self.rng.choice(self.pools[pool]) if self.rng.random() < HOT_SHARE else fresh()
-
-    def math_question(self) -> str:
-        op, a, b = random_math_key(self.rng)
-        return f"计算：{a} {op} {b} = ?" if self.rng.random() < 0.5 else f"Compute {a} {op} {b}."
-
-    def chat(self) -> str:
-        return self.pick("facts", self.math_question)
-
-    def story(self) -> str:
-        return self.pick("completions", lambda: f"第{self.rng.randrange(10**6)}个故事：")
-
-    def choice(self):
-        return self.pick("choices", lambda: choice_item(self.rng, self.rng.choice(("zh", "en"))))
-
-    def verdict(self) -> str:
-        return self.pick("verdicts", lambda: f"问题 {self.rng.randrange(10**6)}：对吗？回答：")
-
-    def question(self) -> str:
-        return self.pick("questions", self.math_question)
-
-
-def prompt_pools(seed: int) -> dict[str, list]:
-    rng = random.Random(f"soak/{seed}")
-    facts = fact_items()
-    prompts = Prompts(rng, {})
-    return {"facts": [i.prompt for i in facts if i.kind == "fact"],
-            "completions": [i.prompt for i in facts if i.kind == "completion"],
-            "choices": [choice_item(rng, ("zh", "en")[i % 2]) for i in range(HOT_POOL)],
-            "verdicts": [f"问题 {i}：对吗？回答：" for i in range(HOT_POOL)],
-            "questions": [prompts.math_question() for _ in range(HOT_POOL)]}
-
-
-class Traffic:
-    """The requests of the mix against one server; each method sends one, checks the reply and
-    returns (prompt_tokens, cached_tokens) where the reply reports them, or raises."""
-
-    def __init__(self, url: str, api_key: str | None):
-        self.url = url
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # max_retries=0: a retried request would hide an error
-        self.client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=0,
-                                    timeout=REQUEST_TIMEOUT_S)
-        self.backend = endpoint(url, api_key=api_key)
-        self._local = threading.local()
-
-    @property
-    def session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-            self._local.session.headers.update(self.headers)
-        return self._local.session
-
-    def generate(self, body: dict, stream: bool = False) -> requests.Response:
-        r = self.session.post(f"{self.url}/generate", json=body, stream=stream, timeout=REQUEST_TIMEOUT_S)
-        if r.status_code != 200:
-            text = r.text
-            r.close()
-            raise HTTPError(r.status_code, text)
-        return r
-
-    def chat(self, p: Prompts) -> tuple[int, int]:
-        r = self.client.chat.completions.create(
-            model=SERVED_MODEL_NAME, max_tokens=CHAT_TOKENS, temperature=0.7, top_p=0.9,
-            messages=[{"role": "user", "content": p.chat()}])
-        choice = r.choices[0]
-        if choice.finish_reason not in ("length", "stop"):
-            raise CheckFailed("finish_reason", f"finish_reason {choice.finish_reason!r}")
-        if not isinstance(choice.message.content, str) or r.usage.completion_tokens > CHAT_TOKENS:
-            raise CheckFailed("reply", f"content {choice.message.content!r}, "
-                              f"{r.usage.completion_tokens} completion tokens (max {CHAT_TOKENS})")
-        return usage_tokens(r.usage)
-
-    def stream(self, p: Prompts) -> tuple[int, int]:
-        finish, usage = [], None
-        for chunk in self.client.chat.completions.create(
-                model=SERVED_MODEL_NAME, max_tokens=CHAT_TOKENS, temperature=0.7, top_p=0.9,
-                stream=True, stream_options={"include_usage": True},
-                messages=[{"role": "user", "content": p.chat()}]):
-            finish += [c.finish_reason for c in chunk.choices if c.finish_reason]
-            usage = chunk.usage or usage
-        if len(finish) != 1 or finish[0] not in ("length", "stop"):
-            raise CheckFailed("finish_reason", f"finish_reason(s) {finish} (one of length, stop expected)")
-        return usage_tokens(usage) if usage else (0, 0)
-
-    def dropped_stream(self, p: Prompts) -> tuple[int, int]:
-        """Reads half of the stream's tokens, then hangs up (closes the connection)."""
-        half, events = DROPPED_TOKENS // 2, 0
-        body = {"text": p.story(), "stream": True,
-                "sampling_params": {"max_new_tokens": DROPPED_TOKENS, "ignore_eos": True,
-                                    "temperature": 0.7}}
-        with self.generate(body, stream=True) as r:
-            for line in r.iter_lines():
-                if line.startswith(b"data: {"):
-                    events += 1
-                    if events == half:
-                        break
-        if events != half:
-            raise CheckFailed("stream", f"the stream ended after {events} events, before {half}")
-        return 0, 0
-
-    def json(self, p: Prompts) -> tuple[int, int]:
-        item = p.choice()
-        schema = answer_json_schema(item.letters)
-        r = self.client.chat.completions.create(
-            model=SERVED_MODEL_NAME, max_tokens=JSON_TOKENS, temperature=0.7,
-            messages=[{"role": "user", "content": item.prompt}],
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "choice", "schema": schema, "strict": True}})
-        choice = r.choices[0]
-        if choice.finish_reason != "stop":
-            raise CheckFailed("finish_reason", f"finish_reason {choice.finish_reason!r} "
-                              f"(stop expected), content {choice.message.content!r}")
-        try:
-            jsonschema.validate(json.loads(choice.message.content), schema)
-        except (ValueError, jsonschema.ValidationError) as e:
-            raise CheckFailed("schema", f"{choice.message.content!r}: {str(e).splitlines()[0]}") from None
-        return usage_tokens(r.usage)
-
-    def regex(self, p: Prompts) -> tuple[int, int]:
-        with self.generate({"text": p.verdict(), "sampling_params": {
-                "max_new_tokens": REGEX_TOKENS, "temperature": 0.8, "regex": VERDICT_REGEX}}) as r:
-            reply = r.json()
-        if not re.fullmatch(VERDICT_REGEX, reply["text"]):
-            raise CheckFailed("regex", f"{reply['text']!r} does not match {VERDICT_REGEX}")
-        meta = reply["meta_info"]
-        return meta.get("prompt_tokens", 0), meta.get("cached_tokens", 0)
-
-    def program(self, p: Prompts) -> tuple[int, int]:
-        vote = solve_math_self_consistent(p.question(), self.backend, k=PROGRAM_BRANCHES,
-                                          reasoning_max_tokens=PROGRAM_REASONING_TOKENS,
-                                          temperature=0.7, top_p=0.9)
-        boxed = [s.answer for s in vote.samples]
-        if len(boxed) != PROGRAM_BRANCHES or None in boxed:
-            raise CheckFailed("program", f"branch answers {boxed} ({PROGRAM_BRANCHES} boxes expected)")
-        return 0, 0
-
-
-def usage_tokens(usage) -> tuple[int, int]:
-    details = getattr(usage, "prompt_tokens_details", None)
-    return usage.prompt_tokens, (getattr(details, "cached_tokens", 0) or 0) if details else 0
-
-
-def client_loop(traffic: Traffic, index: int, pools: dict[str, list], seed: int, t0: float,
-                deadline: float, outcomes: list[Outcome]) -> None:
-    """One client: the mix in order from kind `index`, until the deadline (the request in flight
-    then finishes)."""
-    rng = random.Random(f"soak/{seed}/client/{index}")
-    prompts = Prompts(rng, pools)
-    i = index
-    while time.monotonic() < deadline:
-        kind = KINDS[i % len(KINDS)]
-        i += 1
-        start = time.monotonic()
-        try:
-            prompt_tokens, cached = getattr(traffic, kind)(prompts)
-            outcomes.append(Outcome(kind, start - t0, time.monotonic() - t0, prompt_tokens=prompt_tokens,
-                                    cached_tokens=cached))
-        except Exception as e:  # noqa: BLE001  (every failure is counted, none stops the client)
-            message = str(e).strip() or traceback.format_exc(limit=2).strip().splitlines()[-1]
-            outcomes.append(Outcome(kind, start - t0, time.monotonic() - t0, error_kind(e),
-                                    " ".join(message.split())[:400]))
-
-
-# ------------------------------------------------------------------------------------------ summary
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
-def latency_row(outcomes: list[Outcome]) -> dict:
-    served = [o.latency for o in outcomes if o.error is None]
-    return {"requests": len(outcomes), "served": len(served), "errors": len(outcomes) - len(served),
-            "p50_s": percentile(served, 50), "p99_s": percentile(served, 99)}
-
-
-def per_minute(outcomes: list[Outcome], minutes: float) -> list[dict]:
-    """A row per minute of traffic, by the minute each request finished in (those finishing
-    after the end count in the last minute)."""
+def per_minute(history: list[dict], minutes: float, final: dict | None = None) -> list[dict]:
+    """A row per minute of traffic from Locust's aggregated history rows: requests served and
+    failed in the minute (differences of its running totals), p50 and p99 over the minute (the
+    row's sliding-window percentiles). The last minute takes the last row, and the totals of
+    Locust's final table (`final`, its aggregated row) where given, so that requests finishing
+    after the end count in it."""
+    rows = [r for r in history if r["Name"] == "Aggregated"]
+    t0 = traffic_start(rows)
     n = max(1, math.ceil(minutes))
-    buckets: list[list[Outcome]] = [[] for _ in range(n)]
-    for o in outcomes:
-        buckets[min(int(o.end // 60), n - 1)].append(o)
-    return [{"minute": m + 1, **latency_row(b)} for m, b in enumerate(buckets)]
+    out, before = [], (0, 0)
+    for m in range(1, n + 1):
+        upto = rows if m == n or t0 is None else [r for r in rows if int(r["Timestamp"]) <= t0 + 60 * m]
+        if not upto:
+            out.append({"minute": m, "requests": 0, "served": 0, "errors": 0, "p50_s": None, "p99_s": None})
+            continue
+        row = upto[-1]
+        requests_total, failures = int(row["Total Request Count"]), int(row["Total Failure Count"])
+        if m == n and final is not None:
+            requests_total, failures = int(final["Request Count"]), int(final["Failure Count"])
+        requests_in_minute, errors = requests_total - before[0], failures - before[1]
+        before = (requests_total, failures)
+        out.append({"minute": m, "requests": requests_in_minute, "served": requests_in_minute - errors,
+                    "errors": errors, "p50_s": milliseconds_to_s(row["50%"]),
+                    "p99_s": milliseconds_to_s(row["99%"])})
+    return out
 
 
-def per_kind(outcomes: list[Outcome]) -> list[dict]:
-    return [{"kind": k, **latency_row([o for o in outcomes if o.kind == k])} for k in KINDS]
+def per_kind(stats: list[dict]) -> list[dict]:
+    """Locust's final table, a row per kind of the mix (in its order) and one for all."""
+    by_name = {r["Name"]: r for r in stats}
+    rows = []
+    for kind in (*KINDS, "Aggregated"):
+        r = by_name.get(kind)
+        total, failures = (int(r["Request Count"]), int(r["Failure Count"])) if r else (0, 0)
+        rows.append({"kind": "all" if kind == "Aggregated" else kind, "requests": total,
+                     "served": total - failures, "errors": failures,
+                     "p50_s": milliseconds_to_s(r["50%"]) if r else None,
+                     "p99_s": milliseconds_to_s(r["99%"]) if r else None})
+    return rows
 
 
 def growth_pct(before: int | None, after: int | None) -> float | None:
     return None if not before or after is None else 100.0 * (after - before) / before
-
-
-def cached_share(outcomes: list[Outcome]) -> float | None:
-    prompt = sum(o.prompt_tokens for o in outcomes if o.error is None)
-    return 100.0 * sum(o.cached_tokens for o in outcomes if o.error is None) / prompt if prompt else None
 
 
 def seconds(value: float | None) -> str:
@@ -357,7 +170,7 @@ def tree_usage(root_pid: int) -> tuple[int, float]:
 @dataclass
 class Sample:
     """The machine at one moment of the soak: the server's memory and CPU time (None when not
-    measured), this process's CPU time (the clients'), the 1-minute load average."""
+    measured), Locust's CPU time (the clients'), the 1-minute load average."""
 
     t: float  # seconds since the traffic started
     rss: int | None
@@ -366,10 +179,14 @@ class Sample:
     load1: float
 
 
-def take_sample(t: float, root_pid: int | None) -> Sample:
+def take_sample(t: float, root_pid: int | None, clients_pid: int, clients_cpu_s: float = 0.0) -> Sample:
+    """clients_cpu_s: Locust's CPU time last seen, kept once Locust has exited."""
     rss, cpu = tree_usage(root_pid) if root_pid is not None else (None, None)
-    own = psutil.Process().cpu_times()
-    return Sample(t, rss, cpu, own.user + own.system, os.getloadavg()[0])
+    try:
+        clients_cpu_s = tree_usage(clients_pid)[1]
+    except psutil.NoSuchProcess:
+        pass
+    return Sample(t, rss, cpu, clients_cpu_s, os.getloadavg()[0])
 
 
 def cpu_percent(samples: list[Sample], start: float, end: float, field: str) -> float | None:
@@ -478,20 +295,40 @@ def server_log(log_path: Path | None, offset: int, shown: int = 5) -> dict | Non
 
 @dataclass
 class Soak:
-    """What one run measured."""
+    """What one run measured: Locust's files and exit status, the samples, the end state."""
 
-    outcomes: list[Outcome]
+    csv_prefix: Path
+    html: Path
+    locust_status: int
     traffic_s: float
     rss: dict
     samples: list[Sample]
     end: dict
 
+    def history(self) -> list[dict]:
+        return read_csv(Path(f"{self.csv_prefix}_stats_history.csv"))
+
+    def stats(self) -> list[dict]:
+        return read_csv(self.csv_prefix.with_name("final_stats.csv"))
+
+    def failures(self) -> list[dict]:
+        return read_csv(self.csv_prefix.with_name("final_failures.csv"))
+
+
+def locust_command(url: str, args: argparse.Namespace, csv_prefix: Path, html: Path) -> list[str]:
+    return [sys.executable, "-m", "locust", "--locustfile", str(LOCUSTFILE), "--headless", "--only-summary",
+            "--host", url, "--users", str(args.clients), "--spawn-rate", str(args.clients),
+            "--run-time", f"{round(60 * args.minutes)}s", "--stop-timeout", str(REQUEST_TIMEOUT_S),
+            "--csv", str(csv_prefix), "--csv-full-history", "--html", str(html),
+            "--loglevel", "WARNING", "--soak-seed", str(args.seed),
+            "--soak-final-csv", str(csv_prefix.with_name("final"))]
+
 
 def soak(url: str, api_key: str | None, root_pid: int | None, where: str,
          args: argparse.Namespace) -> Soak:
-    """--clients clients for --minutes; RSS of the tree under root_pid (None: not measured)
-    sampled before, every --rss-interval seconds, once the warm-up is over, and at the end."""
-    traffic = Traffic(url, api_key)
+    """Locust's --clients users for --minutes; RSS of the tree under root_pid (None: not
+    measured) sampled before, every --sample-interval seconds, once the warm-up is over, and at
+    the end."""
     rss: dict = {"measured": root_pid is not None, "where": where}
     if root_pid is not None:
         rss["processes"] = describe_tree(root_pid)
@@ -499,52 +336,65 @@ def soak(url: str, api_key: str | None, root_pid: int | None, where: str,
               + ", ".join(f"{r['role']} ({r['pid']})" for r in rss["processes"]), flush=True)
     else:
         print(f"RSS not measured: {where}", flush=True)
-    outcomes: list[Outcome] = []
-    pools = prompt_pools(args.seed)
-    print(f"{args.clients} clients for {args.minutes:g} min against {url} ...", flush=True)
-    t0 = time.monotonic()
-    samples = [take_sample(0.0, root_pid)]
-    rss["start"] = samples[0].rss
-    deadline, warmup_s = t0 + 60 * args.minutes, 60 * args.warmup_minutes
-    clients = [threading.Thread(target=client_loop, daemon=True, name=f"soak-client-{i}",
-                                args=(traffic, i, pools, args.seed, t0, deadline, outcomes))
-               for i in range(args.clients)]
-    for c in clients:
-        c.start()
-    next_sample, next_minute = args.sample_interval, 60.0
-    while any(c.is_alive() for c in clients):
-        now = time.monotonic() - t0
+    files = Path(tempfile.mkdtemp(prefix="megrez-soak-locust-"))
+    csv_prefix, html = files / "soak", files / "soak.html"
+    environment = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    if api_key:
+        environment[API_KEY_ENV] = api_key  # Locust's users read it there, never from argv
+    start_rss = tree_usage(root_pid)[0] if root_pid is not None else None
+    print(f"{args.clients} Locust users for {args.minutes:g} min against {url} (Locust's files: {files}) ...",
+          flush=True)
+    locust = subprocess.Popen(locust_command(url, args, csv_prefix, html), env=environment,
+                              stdin=subprocess.DEVNULL)
+    history_path = Path(f"{csv_prefix}_stats_history.csv")
+    deadline = time.time() + START_TIMEOUT_S
+    t0 = None
+    while t0 is None and locust.poll() is None and time.time() < deadline:
+        t0 = traffic_start(read_csv(history_path)) if history_path.exists() else None
+        time.sleep(0.5)
+    if t0 is None:
+        locust.kill()
+        raise SystemExit(f"bench.soak: error: Locust did not start its users within {START_TIMEOUT_S} s "
+                         f"(exit status {locust.wait()})")
+    samples = [take_sample(0.0, root_pid, locust.pid)]
+    samples[0].rss = rss["start"] = start_rss  # taken before Locust started
+
+    warmup_s, next_sample, next_minute = 60 * args.warmup_minutes, args.sample_interval, 60.0
+    while locust.poll() is None:
+        now = time.time() - t0
         warming = "after_warmup" not in rss
         if now >= next_sample or (warming and now >= warmup_s) or now >= next_minute:
-            samples.append(take_sample(now, root_pid))
+            samples.append(take_sample(now, root_pid, locust.pid, samples[-1].soak_cpu_s))
             next_sample = now + args.sample_interval
             if warming and now >= warmup_s:
                 rss["after_warmup"] = samples[-1].rss
-        if now >= next_minute:  # progress; the table at the end is the record
-            row = latency_row([o for o in outcomes if next_minute - 60 <= o.end < next_minute])
-            print(f"  minute {int(next_minute // 60)}: {row['served']} served, {row['errors']} errors, "
+        if now >= next_minute:  # progress from Locust's history (flushed every 10 s)
+            row = per_minute(read_csv(history_path), next_minute / 60)[-1]
+            print(f"  minute {int(next_minute // 60)}: {row['served']} served, {row['errors']} failed, "
                   f"p50 {seconds(row['p50_s'])} s, p99 {seconds(row['p99_s'])} s, "
                   f"load {samples[-1].load1:.1f}"
                   + ("" if samples[-1].rss is None else f", RSS {samples[-1].rss / MIB:.1f} MiB"), flush=True)
             next_minute += 60
         time.sleep(0.2)
-    traffic_s = time.monotonic() - t0
-    samples.append(take_sample(traffic_s, root_pid))
-    end = final_state(url, traffic.headers)
-    samples.append(take_sample(time.monotonic() - t0, root_pid))  # idle, after the last request
+    traffic_s = time.time() - t0
+    locust_status = locust.wait()
+    end = final_state(url, {"Authorization": f"Bearer {api_key}"} if api_key else {})
+    samples.append(take_sample(time.time() - t0, root_pid, locust.pid, samples[-1].soak_cpu_s))  # idle
     rss["end"] = samples[-1].rss
     if root_pid is not None:
         rss["processes_end"] = describe_tree(root_pid)
     rss["growth_after_warmup_pct"] = growth_pct(rss.get("after_warmup"), rss["end"])
     rss["growth_from_start_pct"] = growth_pct(rss["start"], rss["end"])
-    return Soak(outcomes, traffic_s, rss, samples, end)
+    return Soak(csv_prefix, html, locust_status, traffic_s, rss, samples, end)
 
 
 def report(run: Soak, args: argparse.Namespace, model: str | None, log_path: Path | None = None,
            log_offset: int = 0) -> int:
     """Prints the tables and the verdicts, writes the JSON record; the exit status."""
-    outcomes, rss, end = run.outcomes, run.rss, run.end
-    minutes = per_minute(outcomes, args.minutes)
+    rss, end = run.rss, run.end
+    stats = run.stats()
+    final = next((r for r in stats if r["Name"] == "Aggregated"), None)
+    minutes = per_minute(run.history(), args.minutes, final)
     for row in minutes:  # the last sample taken within each minute; CPU use over the minute
         start, stop = 60 * (row["minute"] - 1), 60 * row["minute"]
         last = [x for x in run.samples if x.t <= stop + 1e-9][-1]
@@ -552,32 +402,27 @@ def report(run: Soak, args: argparse.Namespace, model: str | None, log_path: Pat
         row["server_cpu_pct"] = cpu_percent(run.samples, start, stop, "server_cpu_s")
         row["soak_cpu_pct"] = cpu_percent(run.samples, start, stop, "soak_cpu_s")
         row["load1"] = last.load1
-    kinds = per_kind(outcomes)
-    total = latency_row(outcomes)
-    errors = [o for o in outcomes if o.error]
-    print_table(f"Soak: {args.clients} clients, {args.minutes:g} min of mixed traffic against "
+    kinds = per_kind(stats)
+    total = kinds[-1]
+    failures = run.failures()
+    print_table(f"Soak: {args.clients} Locust users, {args.minutes:g} min of mixed traffic against "
                 f"{args.base_url or 'launch_server.sh'} ({model or 'its model'}), per minute",
                 ["minute", "served", "errors", "p50 s", "p99 s", "RSS MiB", "server CPU %", "clients CPU %",
                  "load"],
                 [[r["minute"], r["served"], r["errors"], seconds(r["p50_s"]), seconds(r["p99_s"]),
                   number(r["rss_mib"]), number(r["server_cpu_pct"], 0), number(r["soak_cpu_pct"], 0),
                   number(r["load1"])] for r in minutes])
-    print_table("Per kind of request", ["kind", "served", "errors", "p50 s", "p99 s"],
+    print_table("Per kind of request (Locust's table)", ["kind", "served", "errors", "p50 s", "p99 s"],
                 [[r["kind"], r["served"], r["errors"], seconds(r["p50_s"]), seconds(r["p99_s"])]
-                 for r in [*kinds, {"kind": "all", **total}]])
-    share = cached_share(outcomes)
+                 for r in kinds])
     print(f"\n{total['served']} requests served in {run.traffic_s / 60:.1f} min "
-          f"({total['served'] / run.traffic_s:.2f}/s), {total['errors']} errors"
-          + ("" if share is None else f"; {share:.0f} % of the prompt tokens of chat, JSON and regex "
-             "requests came from the radix cache"))
-    error_counts = Counter(f"{o.kind}: {o.error}" for o in errors)
-    if errors:
-        print("errors by kind: " + ", ".join(f"{k} x{n}" for k, n in error_counts.most_common()))
-        for o in errors[:SHOWN_ERRORS]:
-            print(f"  at {o.end:.1f} s, {o.kind}: {o.error}: {o.message}")
+          f"({total['served'] / run.traffic_s:.2f}/s), {total['errors']} errors; "
+          f"Locust's report: {run.html}")
+    for f in failures[:SHOWN_ERRORS]:
+        print(f"  {f['Name']} x{f['Occurrences']}: {' '.join(f['Error'].split())[:300]}")
     growth = rss.get("growth_after_warmup_pct")
     rss_failed = growth is not None and growth >= RSS_GROWTH_LIMIT_PCT
-    if rss["measured"]:
+    if rss["measured"] and rss.get("after_warmup") is not None:
         print(f"RSS of the server's processes: {rss['start'] / MIB:.1f} MiB at the start, "
               f"{rss['after_warmup'] / MIB:.1f} MiB after {args.warmup_minutes:g} min of warm-up, "
               f"{rss['end'] / MIB:.1f} MiB at the end: {growth:+.1f} % after the warm-up"
@@ -598,14 +443,17 @@ def report(run: Soak, args: argparse.Namespace, model: str | None, log_path: Pat
         print(f"server log ({log_path}), during the soak: HTTP statuses {log['http_statuses']}, "
               f"{log['failure_lines']} lines reporting failures"
               + "".join(f"\n  {l}" for l in log["first_failures"]))
-    status = 1 if errors or rss_failed or end_failed else 0
+    locust_failed = run.locust_status not in (0, 1) or (run.locust_status == 1 and not total["errors"])
+    if locust_failed:
+        print(f"Locust exited with status {run.locust_status} (see its output above)")
+    status = 1 if total["errors"] or not total["served"] or rss_failed or end_failed or locust_failed else 0
     write_json("soak", {"model": model, "base_url": args.base_url, "minutes": args.minutes,
                         "warmup_minutes": args.warmup_minutes, "clients": args.clients, "seed": args.seed,
-                        "mix": list(KINDS), "traffic_s": run.traffic_s, "total": total,
-                        "per_minute": minutes, "per_kind": kinds, "radix_cached_prompt_share_pct": share,
-                        "errors": {"count": len(errors), "by_kind": dict(error_counts),
-                                   "first": [o.__dict__ for o in errors[:SHOWN_ERRORS]]},
-                        "rss": rss, "samples": [x.__dict__ for x in run.samples],
+                        "load_tool": "locust", "mix": list(KINDS), "traffic_s": run.traffic_s,
+                        "total": total, "per_minute": minutes, "per_kind": kinds,
+                        "failures": failures[:SHOWN_ERRORS], "locust_files": str(run.csv_prefix.parent),
+                        "locust_exit_status": run.locust_status, "rss": rss,
+                        "samples": [x.__dict__ for x in run.samples],
                         "rss_growth_limit_pct": RSS_GROWTH_LIMIT_PCT, "end": end,
                         "server_log": log, "exit_status": status}, args.out)
     return status
