@@ -103,11 +103,12 @@ def test_arguments_that_cannot_make_a_soak_are_refused(argv):
 
 
 def test_a_short_soak_serves_every_kind_of_the_mix_without_a_failure(trained_server, tmp_path):
-    """Locust's users, the mix and this module's reading of Locust's files, for real: 2 users for
-    20 s against the shared server (its process tree is on this machine, so RSS is measured)."""
+    """Locust's users, the mix and this module's reading of Locust's files, for real: 6 users, one
+    starting at each kind of the mix, for 9 s against the shared server (its process tree is on
+    this machine, so RSS is measured); every first request finishes (Locust's --stop-timeout)."""
     out = tmp_path / "soak.json"
     run = subprocess.run([sys.executable, "-m", "bench.soak", "--base-url", trained_server.url,
-                          "--minutes", "0.34", "--warmup-minutes", "0.1", "--clients", "2",
+                          "--minutes", "0.15", "--warmup-minutes", "0.05", "--clients", str(len(KINDS)),
                           "--sample-interval", "2", "--out", str(out)],
                          cwd=ROOT, env={**os.environ, "MEGREZ_API_KEY": API_KEY},
                          capture_output=True, text=True, timeout=300)
