@@ -1,6 +1,6 @@
 """launch_server.sh on the tiny checkpoint (CPU; the session's shared server): the card's curl
 request, the openai client, SGLang's native API, radix-cache reuse, bad requests and concurrency.
-Hostile requests, keys and faults (SIGTERM, restart, a killed scheduler): test_server_hardening.py."""
+Hostile requests, keys and faults (SIGTERM, restart, a killed scheduler): tests/server_hardening/."""
 
 from __future__ import annotations
 
