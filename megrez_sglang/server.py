@@ -8,7 +8,7 @@
 
 (launch_server.sh is the user-facing wrapper.) Checks the model path, the keys and the port first,
 starts ``sglang serve`` in its own process group with this host's settings (see engine.py) and
-this project's hardening (server_hardening.py: keys from MEGREZ_API_KEY / MEGREZ_ADMIN_API_KEY via
+this project's hardening (server_hardening/: keys from MEGREZ_API_KEY / MEGREZ_ADMIN_API_KEY via
 the environment, control endpoints admin-only, token ids checked), prints the URL once /health
 answers, and then watches it:
 
