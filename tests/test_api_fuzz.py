@@ -1,7 +1,7 @@
 """schemathesis, a schema-driven API fuzzer nobody here wrote, against launch_server.sh on the
 trained tiny checkpoint (conftest.trained_server): requests generated from the server's own
 /openapi.json for every generation, model-call, tokenizer and information endpoint a key holder
-may call (the README's table), with the API key, a fixed seed and a bounded number of cases per
+may call (docs/serving.md's table), with the API key, a fixed seed and a bounded number of cases per
 operation (the repository's schemathesis.toml: fuzzing phase, not_a_server_error). No 5xx, and
 the server serves a normal chat right after."""
 
@@ -26,11 +26,11 @@ SCHEMATHESIS = [sys.executable, "-c",
 
 
 def key_holder_paths() -> list[str]:
-    """The README's row of endpoints the API key opens."""
-    for line in (ROOT / "README.md").read_text().splitlines():
+    """docs/serving.md's row of endpoints the API key opens."""
+    for line in (ROOT / "docs" / "serving.md").read_text().splitlines():
         if line.startswith("| the API key"):
             return re.findall(r"`(/[^`]*)`", line)
-    raise AssertionError("README.md has no row for the API key's endpoints")
+    raise AssertionError("docs/serving.md has no row for the API key's endpoints")
 
 
 def path_regex(paths: list[str]) -> str:

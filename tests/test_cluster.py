@@ -200,7 +200,7 @@ def test_a_server_with_dp_2_answers_from_both_replicas(tiny_checkpoint, tmp_path
 @pytest.mark.slow
 def test_one_model_over_two_nodes_serves_from_node_0(tiny_checkpoint, tmp_path):
     """--nnodes 2 on one machine: the two "machines" are two launch_server.sh processes, tensor
-    parallel rank 1 on node 1, joined at node 0's --dist-init-addr (the README's commands)."""
+    parallel rank 1 on node 1, joined at node 0's --dist-init-addr (docs/parallelism.md's commands)."""
     from megrez_sglang.server import free_port
 
     nodes = ["--tp", "2", "--nnodes", "2", "--dist-init-addr", f"127.0.0.1:{free_port('127.0.0.1')}"]

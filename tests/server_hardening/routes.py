@@ -1,5 +1,5 @@
 """SGLang's route table, as the hardening tests enumerate it: a route added by a new SGLang is
-covered, and must be placed in the README's table of who may call what."""
+covered, and must be placed in docs/serving.md's table of who may call what."""
 
 from __future__ import annotations
 
