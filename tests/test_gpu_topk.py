@@ -231,3 +231,29 @@ def test_flashinfers_grouping_with_every_group_kept_is_the_shipped_ungrouped_rou
     _fused_topk_deepseek_reference(logits, bias, 4, 4, TOP_K, 1.0, weights, ids)
     agreement = compare_with_reference(logits, bias, config, weights, ids)
     assert agreement.identical_sets == 256 and agreement.max_weight_diff < 1e-6
+
+
+def test_the_comparison_counts_ties_and_flags_a_wrong_expert_or_a_scaled_weight():
+    """compare_with_reference (the GPU check's yardstick) fails a route that picks another expert or
+    folds a scaling factor into the weights, and forgives a swap between exactly tied experts."""
+    from megrez_sglang.reference import select_experts
+
+    config = megrez_config()
+    _, logits = routing_inputs(tokens=8)
+    bias = torch.zeros(EXPERTS)
+    weights, ids = select_experts(logits, bias, config)
+    assert compare_with_reference(logits, bias, config, weights, ids).identical_sets == 8
+    scaled = compare_with_reference(logits, bias, config, 2.5 * weights, ids)
+    assert scaled.agrees and scaled.max_weight_diff > 0.1
+    wrong = ids.clone()
+    wrong[3, -1] = next(e for e in range(EXPERTS) if e not in ids[3])
+    assert compare_with_reference(logits, bias, config, weights, wrong).mismatched == [3]
+    tied = logits.clone()
+    outside = next(e for e in range(EXPERTS) if e not in ids[5])
+    tied[5, outside] = tied[5, ids[5, -1]]  # an unselected expert exactly as good as one selected
+    _, tied_ids = select_experts(tied, bias, config)
+    [chosen] = [e for e in (outside, int(ids[5, -1])) if e in tied_ids[5]]
+    swapped = tied_ids.clone()
+    swapped[5][tied_ids[5] == chosen] = outside + int(ids[5, -1]) - chosen  # the other of the two
+    swap = compare_with_reference(tied, bias, config, weights, swapped)
+    assert swap.tie_swaps == 1 and swap.agrees and swap.identical_sets == 7
