@@ -305,6 +305,11 @@ def topk_step(json_path: Path, tokens: int = TOPK_TOKENS) -> int:
     replaced by FlashInfer's torch reference of it, and the record says so."""
     import torch
 
+    cuda = torch.cuda.is_available()
+    if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        print("gpu_check: the topk step needs a CUDA device (its CPU test sets TRITON_INTERPRET=1)",
+              file=sys.stderr)
+        return 2
     import megrez_sglang  # noqa: F401  (before sglang)
     from bench.report import write_json
     from megrez_sglang.config import MegrezMoeConfig
@@ -312,7 +317,7 @@ def topk_step(json_path: Path, tokens: int = TOPK_TOKENS) -> int:
     from megrez_sglang.server import free_port
     from megrez_sglang.sglang_models.megrez_moe import MegrezMoeSparseBlock
 
-    cuda = torch.cuda.is_available()
+    dispatched: list[str] = []  # the kernels SGLang's TopK called, in order
     from sglang.kernels.ops.moe import moe_fused_gate as triton_router
     from sglang.srt.layers.moe import topk as sglang_topk
     from sglang.test.layer_ut_utils import init_single_process_dist
@@ -322,7 +327,7 @@ def topk_step(json_path: Path, tokens: int = TOPK_TOKENS) -> int:
 
         device = "cuda"
         kernels = f"{torch.cuda.get_device_name()}: FlashInfer's and Triton's CUDA kernels"
-    elif os.environ.get("TRITON_INTERPRET") == "1":
+    else:
         from flashinfer.trace.templates.sampling import _fused_topk_deepseek_reference as flashinfer_topk
 
         device = "cpu"
@@ -332,12 +337,6 @@ def topk_step(json_path: Path, tokens: int = TOPK_TOKENS) -> int:
         sglang_topk._is_cuda = True
         sglang_topk.fused_topk_deepseek = flashinfer_topk
         sglang_topk.biased_grouped_topk = sglang_topk.biased_grouped_topk_gpu
-    else:
-        print("gpu_check: the topk step needs a CUDA device (its CPU test sets TRITON_INTERPRET=1)",
-              file=sys.stderr)
-        return 2
-
-    dispatched: list[str] = []
 
     def counted(kernel: str, function):
         def call(*args, **kwargs):

@@ -225,9 +225,9 @@ def test_the_topk_step_on_the_cpu_runs_sglangs_cuda_dispatch_and_the_triton_rout
             assert route["identical_sets"] == 64 and route["max_weight_diff"] < 1e-6, (name, route)
 
 
+@pytest.mark.slow  # a child process importing torch (~5 s here)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a test for hosts without a GPU")
 def test_without_cuda_or_the_interpreter_the_topk_step_refuses_in_one_line(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("a test for hosts without a GPU")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--step", "topk",
                            "--json", str(tmp_path / "t.json")], capture_output=True, text=True,
                           cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
