@@ -1,6 +1,6 @@
 """GPU check for a CUDA machine that has the project's environment (see gpu_check.sh).
 
-    scripts/gpu_check.sh [--steps fidelity,decode] [--tune-moe --sglang-source DIR] [--budget-s 780]
+    scripts/gpu_check.sh [--steps topk,fidelity,decode] [--tune-moe --sglang-source DIR] [--budget-s 780]
 
 Sized for a 15-minute device lease (the machine's start included). Each step runs in its own
 process with its own timeout and at most one SGLang engine; a failed step is recorded and the next
@@ -10,6 +10,12 @@ one still runs:
   preflight     ~10 s     60 s   torch, SGLang and megrez_sglang importable, a CUDA device (and, for
                                  --tune-moe, ray and SGLang's tuning script); otherwise one line
                                  and exit 2, before any engine starts
+  topk          ~1 min    240 s   no engine: the same random router logits and correction bias
+                                 through SGLang's TopK as the model class configures it (its CUDA
+                                 dispatch), FlashInfer's fused_topk_deepseek and SGLang's Triton
+                                 router (moe_fused_gate) called directly, and the reference router:
+                                 expert sets per token (tie-aware) and weights, per routing variant
+                                 (docs/gpu-topk.md); most of it FlashInfer compiling the kernel
   fidelity     ~4 min    420 s   a head_dim-128 random checkpoint (FlashInfer needs head_dim >= 64):
                                  SGLang's bf16 greedy tokens with FlashInfer + CUDA graphs against
                                  the float32 reference model, by the tie-aware rule of the CPU tests;
@@ -22,12 +28,13 @@ one still runs:
   tune-moe     ~3 min    240 s   (--tune-moe) SGLang's own Triton fused-MoE tuning for E=64, N=1408
                each      each    (TP=1) and N=704 (TP=2); configs bundled into moe_configs.json
 
-Preflight, fidelity and decode take ~8 minutes on a fresh machine; with --tune-moe the whole set
+Preflight, topk, fidelity and decode take ~9 minutes on a fresh machine; with --tune-moe the whole set
 does not fit one 15-minute lease: tune in a lease of its own (--tune-moe --steps none).
 
 Results go to $OUT when it is set, else bench/results: gpu_check.log (everything printed, tee'd
-by gpu_check.sh), gpu_check.json (each step's status, exit code and seconds), gpu_fidelity.json,
-gpu_decode.json and moe_configs.json. Install tuned configs for later runs with
+by gpu_check.sh), gpu_check.json (each step's status, exit code and seconds; the topk step's
+per-variant agreement), gpu_topk.json, gpu_fidelity.json, gpu_decode.json and
+moe_configs.json. Install tuned configs for later runs with
 ``python scripts/gpu_check.py --install-moe-configs moe_configs.json DIR`` and serve with
 ``SGLANG_MOE_CONFIG_DIR=DIR``. Exit status: 0 when every step passed, 2 when the preflight
 failed, 1 otherwise.
@@ -165,6 +172,10 @@ def write_summary(out: Path, results: list[StepResult]) -> Path:
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "host": platform.node(),
               "passed": all(r.status == "passed" for r in results),
               "steps": [asdict(r) for r in results]}
+    topk = out / "gpu_topk.json"
+    if any(r.name == "topk" for r in results) and topk.is_file():
+        record["topk"] = {name: {k: v for k, v in variant.items() if k != "config"}
+                          for name, variant in json.loads(topk.read_text())["variants"].items()}
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
 
@@ -270,6 +281,127 @@ def run_preflight(args, python: str) -> StepResult:
                   lines[-1] if lines else f"exit status {done.returncode}")
     return StepResult("preflight", "failed", done.returncode, time.monotonic() - start, 10, 60,
                       reason.removeprefix("gpu_check: "))
+
+
+# --- the topk step --------------------------------------------------------------------------------
+
+# Routing variants of Megrez2's router (64 experts, top-6, sigmoid, correction bias): config
+# overrides and the kernel SGLang 0.5.23's CUDA dispatch (biased_grouped_topk_gpu) must pick for
+# them. The shipped config is not FlashInfer's: its check needs topk_group * n_group >= top_k.
+TOPK_VARIANTS = {
+    "shipped": ({}, "triton"),
+    "n_group 4, topk_group 2, rsf 2.5": (dict(n_group=4, topk_group=2, routed_scaling_factor=2.5),
+                                         "flashinfer"),
+    "no renormalization, rsf 2.5": (dict(norm_topk_prob=False, routed_scaling_factor=2.5), "triton"),
+}
+TOPK_TOKENS = 4096
+TOPK_WEIGHT_TOL = 1e-5  # float32 routing; the kernels' sigmoids differ from torch's by ~1e-7
+
+
+def topk_step(json_path: Path, tokens: int = TOPK_TOKENS) -> int:
+    """Child process: FlashInfer's top-k, SGLang's Triton router and SGLang's TopK dispatch against
+    the reference router on the first GPU. Without CUDA (this step's own test) it needs
+    TRITON_INTERPRET=1: the Triton router runs in Triton's interpreter, FlashInfer's kernel is
+    replaced by FlashInfer's torch reference of it, and the record says so."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        print("gpu_check: the topk step needs a CUDA device (its CPU test sets TRITON_INTERPRET=1)",
+              file=sys.stderr)
+        return 2
+    import megrez_sglang  # noqa: F401  (before sglang)
+    from bench.report import write_json
+    from megrez_sglang.config import MegrezMoeConfig
+    from megrez_sglang.routing_peers import compare_with_reference
+    from megrez_sglang.server import free_port
+    from megrez_sglang.sglang_models.megrez_moe import MegrezMoeSparseBlock
+
+    dispatched: list[str] = []  # the kernels SGLang's TopK called, in order
+    from sglang.kernels.ops.moe import moe_fused_gate as triton_router
+    from sglang.srt.layers.moe import topk as sglang_topk
+    from sglang.test.layer_ut_utils import init_single_process_dist
+
+    if cuda:
+        from flashinfer.fused_moe import fused_topk_deepseek as flashinfer_topk
+
+        device = "cuda"
+        kernels = f"{torch.cuda.get_device_name()}: FlashInfer's and Triton's CUDA kernels"
+    else:
+        from flashinfer.trace.templates.sampling import _fused_topk_deepseek_reference as flashinfer_topk
+
+        device = "cpu"
+        kernels = ("CPU: Triton's interpreter; FlashInfer's torch reference in place of its kernel "
+                   "(not a GPU result)")
+        # SGLang's CUDA dispatch on CPU tensors, as on a CUDA host (topk.py binds these there)
+        sglang_topk._is_cuda = True
+        sglang_topk.fused_topk_deepseek = flashinfer_topk
+        sglang_topk.biased_grouped_topk = sglang_topk.biased_grouped_topk_gpu
+
+    def counted(kernel: str, function):
+        def call(*args, **kwargs):
+            dispatched.append(kernel)
+            return function(*args, **kwargs)
+        return call
+
+    triton_gate = triton_router.moe_fused_gate
+    triton_router.moe_fused_gate = counted("triton", triton_gate)
+    if getattr(sglang_topk, "fused_topk_deepseek", None) is not None:
+        sglang_topk.fused_topk_deepseek = counted("flashinfer", sglang_topk.fused_topk_deepseek)
+    init_single_process_dist(master_port=free_port())
+
+    print(f"[topk] {kernels}; {tokens} tokens of random logits per variant")
+    record, passed = {}, True
+    for name, (overrides, expected_kernel) in TOPK_VARIANTS.items():
+        config = MegrezMoeConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=1,
+                                 head_dim=16, num_hidden_layers=3, n_routed_experts=64,
+                                 num_experts_per_tok=6, moe_intermediate_size=32,
+                                 n_shared_experts=1, **overrides)
+        block = MegrezMoeSparseBlock(config, 1, None, None, "model.layers.1.mlp")
+        generator = torch.Generator().manual_seed(0)
+        logits = (2 * torch.randn(tokens, 64, generator=generator)).to(device)
+        bias = (0.1 * torch.randn(64, generator=generator)).to(device)
+        block.gate.e_score_correction_bias.data = bias  # the TopK holds this very parameter
+        k = config.num_experts_per_tok
+        routes = {}
+        dispatched.clear()
+        out = block.topk.forward_cuda(torch.zeros(tokens, 64, device=device), logits)
+        routes["sglang TopK"] = (out.topk_weights, out.topk_ids)
+        sglang_kernel = ",".join(dispatched) or "none"
+        routes["triton moe_fused_gate"] = triton_gate(
+            logits, bias, k, scoring_func="sigmoid", renormalize=config.norm_topk_prob,
+            routed_scaling_factor=1.0, apply_routed_scaling_factor_on_output=False,
+            num_expert_group=config.n_group, topk_group=config.topk_group)
+        if config.norm_topk_prob:  # FlashInfer always renormalizes
+            # one group with top-6 is outside FlashInfer's check; 4 groups, all kept, select the same
+            groups = ((config.n_group, config.topk_group) if config.n_group * config.topk_group >= k
+                      else (4, 4))
+            weights = torch.empty(tokens, k, dtype=torch.float32, device=device)
+            ids = torch.empty(tokens, k, dtype=torch.int32, device=device)
+            flashinfer_topk(logits, bias, *groups, k, 1.0, weights, ids)
+            routes[f"flashinfer fused_topk_deepseek (n_group {groups[0]}, topk_group {groups[1]})"] = (
+                weights, ids)
+        results = {}
+        for route, (weights, ids) in routes.items():
+            agreement = compare_with_reference(logits, bias, config, weights, ids)
+            ok = agreement.agrees and agreement.max_weight_diff <= TOPK_WEIGHT_TOL
+            passed &= ok
+            results[route] = {**asdict(agreement), "mismatched": agreement.mismatched[:20],
+                              "mismatched_tokens": len(agreement.mismatched), "passed": ok}
+            print(f"[topk] {name:<34} {route:<58} sets {agreement.identical_sets}/{tokens} "
+                  f"(+{agreement.tie_swaps} tie swaps), max |dw| {agreement.max_weight_diff:.2e} "
+                  f"{'PASS' if ok else 'FAIL'}")
+        dispatch_ok = sglang_kernel == expected_kernel
+        passed &= dispatch_ok
+        print(f"[topk] {name:<34} SGLang's dispatch: {sglang_kernel} (expected {expected_kernel}) "
+              f"{'PASS' if dispatch_ok else 'FAIL'}")
+        record[name] = {"config": overrides, "sglang_kernel": sglang_kernel,
+                        "expected_kernel": expected_kernel, "routes": results,
+                        "passed": dispatch_ok and all(r["passed"] for r in results.values())}
+    write_json("gpu_topk", {"device": device, "kernels": kernels, "tokens": tokens,
+                            "weight_tol": TOPK_WEIGHT_TOL, "passed": passed, "variants": record},
+               str(json_path))
+    return 0 if passed else 1
 
 
 # --- the fidelity step ---------------------------------------------------------------------------
@@ -380,25 +512,45 @@ def install_moe_configs(bundle_path: Path, config_dir: Path) -> list[Path]:
 
 # --- main ----------------------------------------------------------------------------------------
 
+STEPS = ("topk", "fidelity", "decode")  # in the order they run
+
+
+def check_steps(out: Path, python: str, chosen: list[str]) -> list[Step]:
+    """The chosen steps after the preflight, in STEPS order."""
+    script = str(Path(__file__).resolve())
+    steps = [
+        Step("topk", [python, script, "--step", "topk", "--json", str(out / "gpu_topk.json")],
+             expected_s=60, timeout_s=240, outputs=["gpu_topk.json"]),
+        Step("fidelity", [python, script, "--step", "fidelity",
+                          "--json", str(out / "gpu_fidelity.json")],
+             expected_s=240, timeout_s=420, outputs=["gpu_fidelity.json"]),
+        Step("decode", [python, "-m", "bench.gpu_decode", "--batches", "1,8,64",
+                        "--backends", "flashinfer", "--out", str(out / "gpu_decode.json")],
+             expected_s=240, timeout_s=420, outputs=["gpu_decode.json"]),
+    ]
+    return [step for step in steps if step.name in chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tune-moe", action="store_true",
                    help="also run SGLang's Triton fused-MoE tuning for E=64, N=1408 and N=704")
     p.add_argument("--sglang-source", help="a checkout of SGLang at the installed version's tag "
                    "(for its benchmark/kernels/fused_moe_triton tuning script)")
-    p.add_argument("--steps", default="fidelity,decode",
-                   help="which of fidelity,decode to run after the preflight ('none': neither)")
+    p.add_argument("--steps", default=",".join(STEPS),
+                   help=f"which of {','.join(STEPS)} to run after the preflight ('none': none)")
     p.add_argument("--budget-s", type=int, default=DEFAULT_BUDGET_S,
                    help="steps that no longer fit this many seconds from the start are skipped")
     p.add_argument("--install-moe-configs", nargs=2, metavar=("BUNDLE", "DIR"),
                    help="write a moe_configs.json bundle for SGLANG_MOE_CONFIG_DIR=DIR, and exit")
-    p.add_argument("--step", choices=["preflight", "fidelity"], help=argparse.SUPPRESS)
+    p.add_argument("--step", choices=["preflight", "topk", "fidelity"], help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--tokens", type=int, default=TOPK_TOKENS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     chosen = [] if args.steps == "none" else args.steps.split(",")
-    if set(chosen) - {"fidelity", "decode"}:
-        p.error(f"--steps: unknown {sorted(set(chosen) - {'fidelity', 'decode'})}; "
-                "choose from fidelity, decode (or none)")
+    if set(chosen) - set(STEPS):
+        p.error(f"--steps: unknown {sorted(set(chosen) - set(STEPS))}; "
+                f"choose from {', '.join(STEPS)} (or none)")
 
     if args.install_moe_configs:
         bundle, config_dir = map(Path, args.install_moe_configs)
@@ -408,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.step == "preflight":
         return preflight(args.tune_moe, args.sglang_source)
+    if args.step == "topk":
+        return topk_step(args.json, args.tokens)
     if args.step == "fidelity":
         return fidelity_step(args.json)
 
@@ -420,15 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         write_summary(out, [result])
         print(f"gpu_check: {result.reason}", file=sys.stderr, flush=True)
         return 2
-    steps = [
-        Step("fidelity", [python, str(Path(__file__).resolve()), "--step", "fidelity",
-                          "--json", str(out / "gpu_fidelity.json")],
-             expected_s=240, timeout_s=420, outputs=["gpu_fidelity.json"]),
-        Step("decode", [python, "-m", "bench.gpu_decode", "--batches", "1,8,64",
-                        "--backends", "flashinfer", "--out", str(out / "gpu_decode.json")],
-             expected_s=240, timeout_s=420, outputs=["gpu_decode.json"]),
-    ]
-    steps = [step for step in steps if step.name in chosen]
+    steps = check_steps(out, python, chosen)
     workdir = Path(tempfile.mkdtemp(prefix="megrez-gpu-check-"))
     try:
         if args.tune_moe:

@@ -2,9 +2,11 @@
 # GPU check for a CUDA machine (fits a 15-minute device lease; steps, timeouts and results:
 # scripts/gpu_check.py):
 #   1. preflight (seconds): torch, SGLang, megrez_sglang and a CUDA device, else one line, exit 2;
-#   2. fidelity: SGLang with FlashInfer + CUDA graphs (bf16) against the reference model;
-#   3. decode: tokens/s at the real shapes (dummy weights) next to the roofline;
-#   4. with --tune-moe: SGLang's Triton fused-MoE tuning for Megrez2's expert shapes.
+#   2. topk: FlashInfer's fused_topk_deepseek, SGLang's Triton router and SGLang's TopK dispatch
+#      against the reference router on the same logits (gpu_topk.json; docs/gpu-topk.md);
+#   3. fidelity: SGLang with FlashInfer + CUDA graphs (bf16) against the reference model;
+#   4. decode: tokens/s at the real shapes (dummy weights) next to the roofline;
+#   5. with --tune-moe: SGLang's Triton fused-MoE tuning for Megrez2's expert shapes.
 # A failed step is recorded and the next one still runs. Everything printed is also written to
 # $OUT/gpu_check.log ($OUT when set, else bench/results), beside each step's JSON.
 #

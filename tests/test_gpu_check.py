@@ -170,3 +170,68 @@ def test_tuned_configs_install_where_sglang_reads_them(sglang_world, tmp_path, m
         assert sglang_moe_configs.get_moe_configs(64, 1408, None) == {1: tuned["1"]}
     finally:
         sglang_moe_configs.get_moe_configs.cache_clear()
+
+
+def test_the_topk_step_runs_first_and_each_step_only_when_chosen(tmp_path):
+    steps = gpu_check.check_steps(tmp_path, "python", ["decode", "topk"])
+    assert [s.name for s in steps] == ["topk", "decode"]
+    assert steps[0].command[1:] == [str(ROOT / "scripts" / "gpu_check.py"), "--step", "topk",
+                                    "--json", str(tmp_path / "gpu_topk.json")]
+    assert (steps[0].expected_s, steps[0].timeout_s) == (60, 240)
+    assert [s.name for s in gpu_check.check_steps(tmp_path, "python", list(gpu_check.STEPS))] == \
+        ["topk", "fidelity", "decode"]
+
+
+def test_an_unknown_step_is_named_with_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--steps", "topk,routing"])
+    assert "--steps: unknown ['routing']; choose from topk, fidelity, decode (or none)" in \
+        capsys.readouterr().err
+
+
+def test_the_summary_carries_the_topk_steps_agreement(tmp_path):
+    variant = {"config": {}, "sglang_kernel": "triton", "expected_kernel": "triton", "routes": {},
+               "passed": True}
+    (tmp_path / "gpu_topk.json").write_text(json.dumps({"variants": {"shipped": variant}}))
+    result = gpu_check.StepResult("topk", "passed", 0, 30.0, 60, 240)
+    summary = json.loads(gpu_check.write_summary(tmp_path, [result]).read_text())
+    assert summary["topk"] == {"shipped": {"sglang_kernel": "triton", "expected_kernel": "triton",
+                                           "routes": {}, "passed": True}}
+
+
+@pytest.mark.slow  # a child process importing SGLang, Triton's interpreter (~40 s here)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU run of the step; a GPU runs it for real")
+def test_the_topk_step_on_the_cpu_runs_sglangs_cuda_dispatch_and_the_triton_router(tmp_path):
+    """The step's code up to the CUDA kernels: SGLang's CUDA dispatch picks the expected kernel for
+    each variant, and the Triton router (in Triton's interpreter) and FlashInfer's torch reference
+    (in place of its kernel) select the reference's experts with its weights."""
+    out = tmp_path / "gpu_topk.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--step", "topk",
+                           "--json", str(out), "--tokens", "64"], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["device"] == "cpu" and "not a GPU result" in record["kernels"]
+    assert record["passed"] is True
+    variants = record["variants"]
+    assert {name: v["sglang_kernel"] for name, v in variants.items()} == {
+        "shipped": "triton", "n_group 4, topk_group 2, rsf 2.5": "flashinfer",
+        "no renormalization, rsf 2.5": "triton"}
+    for name, variant in variants.items():
+        routes = variant["routes"]
+        assert {"sglang TopK", "triton moe_fused_gate"} <= set(routes), name
+        assert any(r.startswith("flashinfer") for r in routes) == (name != "no renormalization, rsf 2.5")
+        for route in routes.values():
+            assert route["identical_sets"] == 64 and route["max_weight_diff"] < 1e-6, (name, route)
+
+
+@pytest.mark.slow  # a child process importing torch (~5 s here)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a test for hosts without a GPU")
+def test_without_cuda_or_the_interpreter_the_topk_step_refuses_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--step", "topk",
+                           "--json", str(tmp_path / "t.json")], capture_output=True, text=True,
+                          cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"},
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "gpu_check: the topk step needs a CUDA device (its CPU test sets TRITON_INTERPRET=1)")
