@@ -35,7 +35,7 @@ EVEREST = "珠穆朗玛峰"
 SECRET = "sk-demo-secret-7d1e0c"  # a key that must never appear in the page
 # The held-out items the tests ask (of the first 16 the eval tests run, ones the trained
 # checkpoint answers right greedily through the page's requests; checked when chosen).
-MATH_ITEM, CHOICE_ITEM = 0, 0
+MATH_ITEM, CHOICE_ITEM = 1, 2  # 34 + 57 (a carry); B among four
 REPLY_TIMEOUT_S = 300
 APT_COMMAND = "apt-get install -y chromium chromium-driver"
 
@@ -108,11 +108,13 @@ def test_the_page_listens_on_localhost_by_default():
     assert options["client.showErrorDetails"] == "none"
 
 
-def test_bad_arguments_are_one_line_errors():
-    r = subprocess.run([sys.executable, "-m", "megrez_sglang.demo", "--server-url", "127.0.0.1:30000"],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert r.returncode == 2
-    assert "--server-url must start with http:// or https://, got '127.0.0.1:30000'" in r.stderr
+def test_bad_arguments_are_one_line_errors(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--server-url", "127.0.0.1:30000"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m megrez_sglang.demo: error: --server-url must start with http:// or https://, "
+        "got '127.0.0.1:30000'")
 
 
 # --- the trained checkpoint's shared server ------------------------------------------------------------

@@ -76,6 +76,9 @@ def answer(client: DemoClient, mode: str, question: str, options: list[str], his
     else:
         result = client.choice(question, options, on_text, **sampling)
         turn.update(content=result.text, answer=result.letter)
+    # The reply as the recipes return it: a choice reply loses a brace the model opened before
+    # the grammar wrote the whole answer object (programs/choice.py).
+    target.markdown(as_markdown(turn["content"]))
     if mode != "chat":
         answer_slot.metric(ANSWER_LABELS[mode], turn["answer"] or "—")
     turn["streamed"] = f"{len(pieces)} pieces streamed in {time.monotonic() - started:.1f} s"
