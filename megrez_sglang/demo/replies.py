@@ -42,13 +42,15 @@ def parse_options(text: str) -> list[str]:
 
 
 def _server_message(body) -> str | None:
-    """The message in an error body: OpenAI's {"error": {"message"}}, SGLang's {"message"},
-    FastAPI's {"detail"}."""
+    """The message in an error body: OpenAI's {"error": {"message"}}, {"error": "..."}, SGLang's
+    {"message"}, FastAPI's {"detail"}."""
     if not isinstance(body, dict):
         return str(body) if body else None
     error = body.get("error")
     if isinstance(error, dict) and error.get("message"):
         return str(error["message"])
+    if isinstance(error, str) and error:  # the API key check's {"error": "Unauthorized"}
+        return error
     for field in ("message", "detail"):
         if body.get(field):
             return str(body[field])
