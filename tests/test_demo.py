@@ -25,6 +25,7 @@ from streamlit.testing.v1 import AppTest
 
 from megrez_sglang.demo.__main__ import PAGE, parse_args, streamlit_options
 from megrez_sglang.demo.replies import SERVER_URL_ENV
+from megrez_sglang.programs.openai_recipes import openai_choice, openai_math
 from megrez_sglang.server import free_port
 from megrez_sglang.server_hardening import API_KEY_ENV
 from megrez_sglang.tiny_corpus import CARD_CHAT, held_out_items
@@ -152,6 +153,27 @@ def test_choice_mode_shows_the_letter(trained_server, monkeypatch):
     assert [(m.label, m.value) for m in at.metric] == [("Choice", item.gold)], rendered_text(at)
     reply = at.chat_message[1].markdown[0].value
     assert reply.endswith(f'{{"answer": "{item.gold}"}}'), reply
+
+
+def test_streamed_recipes_return_what_the_plain_ones_do(trained_server):
+    """on_text (the page's streaming) changes how the replies arrive, not what they are: greedy,
+    the streamed math and choice results equal the plain requests', tokens included, and the
+    pieces put together are the math reply."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{trained_server.url}/v1", api_key=API_KEY)
+    item = held_out_items("math", 16)[MATH_ITEM]
+    question, pieces = held_out_question(item), []
+    streamed = openai_math(client, "megrez-moe", question, lang=item.lang, temperature=0,
+                           on_text=pieces.append)
+    assert streamed == openai_math(client, "megrez-moe", question, lang=item.lang, temperature=0)
+    assert streamed.answer == item.gold
+    assert "".join(pieces) == streamed.text and len(pieces) > 5 and streamed.completion_tokens > 5
+    _, lang, question, options = held_out_items("choice", 16)[CHOICE_ITEM].key
+    budget = {"reasoning_max_tokens": 256, "temperature": 0}  # the tiny model's context: 1024 tokens
+    streamed = openai_choice(client, "megrez-moe", question, options, lang=lang, on_text=pieces.append,
+                             **budget)
+    assert streamed == openai_choice(client, "megrez-moe", question, options, lang=lang, **budget)
 
 
 def test_a_wrong_key_shows_the_servers_401_message_not_the_key(trained_server, monkeypatch):
