@@ -16,11 +16,15 @@ under a constraint, as the frontend-language programs do:
   regex with only the item's letters. ``reasoning_max_tokens=0`` (or a model that answers at
   once) is one request with ``response_format`` = a JSON schema whose ``answer`` is an enum of the
   item's letters.
+
+``on_text``: a callable that receives the reply's text piece by piece as it is generated (the
+requests are then streamed); the result is the same (the demo page shows the reasoning live).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 
 from ..prompts import choice_prompt, math_prompt, option_letters
@@ -57,33 +61,52 @@ def server_grammar_backend(client) -> str | None:
     return _grammar_backend(root, client.api_key)
 
 
-def _continue(client, model, messages, reasoning, **kwargs):
-    """The assistant turn `reasoning` continued (not a new turn)."""
+TextSink = Callable[[str], None]
+
+
+def chat_text(client, on_text: TextSink | None, **request) -> tuple[str, int]:
+    """One chat request's reply text and completion tokens; streamed when `on_text` is given,
+    which then receives each piece of text as it arrives (usage: the stream's last chunk)."""
+    if on_text is None:
+        r = client.chat.completions.create(**request)
+        return r.choices[0].message.content or "", r.usage.completion_tokens
+    text, tokens = [], 0
+    for chunk in client.chat.completions.create(stream=True, stream_options={"include_usage": True},
+                                                **request):
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
+            on_text(text[-1])
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    return "".join(text), tokens
+
+
+def _continue(client, model, messages, reasoning, on_text: TextSink | None = None, **kwargs):
+    """The assistant turn `reasoning` continued (not a new turn): its text and completion tokens."""
     extra = {"continue_final_message": True, **kwargs.pop("extra_body", {})}
-    return client.chat.completions.create(
-        model=model, messages=messages + [{"role": "assistant", "content": reasoning}],
-        extra_body=extra, **kwargs)
+    return chat_text(client, on_text, model=model,
+                     messages=messages + [{"role": "assistant", "content": reasoning}],
+                     extra_body=extra, **kwargs)
 
 
 def boxed_math_reply(client, model: str, messages: list[dict], *, reasoning_max_tokens: int = 512,
-                     grammar_backend: str | None = None, **sampling) -> MathResult:
+                     grammar_backend: str | None = None, on_text: TextSink | None = None,
+                     **sampling) -> MathResult:
     """Reasoning, then the final answer forced into \\boxed{...}, for any conversation.
     `grammar_backend`: the server's (asked from the server when not given)."""
     sampling = {**CARD_SAMPLING, **sampling}
-    first = client.chat.completions.create(model=model, messages=messages, stop=["\\boxed"],
-                                           max_tokens=reasoning_max_tokens, **sampling)
-    reasoning = first.choices[0].message.content or ""
+    reasoning, reasoning_tokens = chat_text(client, on_text, model=model, messages=messages,
+                                            stop=["\\boxed"], max_tokens=reasoning_max_tokens, **sampling)
     constraint = boxed_constraint(grammar_backend or server_grammar_backend(client))
     extra = {**constraint, **sampling.pop("extra_body", {})}
-    second = _continue(client, model, messages, reasoning, max_tokens=BOXED_MAX_TOKENS,
-                       extra_body=extra, **sampling)
-    boxed = second.choices[0].message.content or ""
-    return MathResult(reasoning, box_content(boxed), reasoning + boxed,
-                      first.usage.completion_tokens + second.usage.completion_tokens)
+    boxed, boxed_tokens = _continue(client, model, messages, reasoning, on_text, max_tokens=BOXED_MAX_TOKENS,
+                                    extra_body=extra, **sampling)
+    return MathResult(reasoning, box_content(boxed), reasoning + boxed, reasoning_tokens + boxed_tokens)
 
 
 def choice_reply(client, model: str, messages: list[dict], letters, *,
-                 reasoning_max_tokens: int = REASONING_MAX_TOKENS, **sampling) -> ChoiceResult:
+                 reasoning_max_tokens: int = REASONING_MAX_TOKENS, on_text: TextSink | None = None,
+                 **sampling) -> ChoiceResult:
     """Reasoning within `reasoning_max_tokens`, then the answer object, its letter restricted to
     `letters` (by the answer regex after reasoning, by a JSON schema without)."""
     sampling = {**CARD_SAMPLING, **sampling}
@@ -91,23 +114,21 @@ def choice_reply(client, model: str, messages: list[dict], letters, *,
         "name": "choice", "schema": answer_json_schema(list(letters)), "strict": True}}
     reasoning, tokens = "", 0
     if reasoning_max_tokens > 0:
-        first = client.chat.completions.create(model=model, messages=messages, stop=REASONING_STOPS,
-                                               max_tokens=reasoning_max_tokens, **sampling)
-        reasoning, tokens = first.choices[0].message.content or "", first.usage.completion_tokens
+        reasoning, tokens = chat_text(client, on_text, model=model, messages=messages, stop=REASONING_STOPS,
+                                      max_tokens=reasoning_max_tokens, **sampling)
     # A brace the model opened goes and the grammar writes the whole object (see choice.py's stops)
     reasoning = reasoning_before_the_answer_object(reasoning)
     if reasoning.strip():
         regex = answer_json_regex(list(letters))
-        r = _continue(client, model, messages, reasoning, max_tokens=ANSWER_MAX_TOKENS,
-                      extra_body={"regex": regex, **sampling.pop("extra_body", {})}, **sampling)
-        text = r.choices[0].message.content or ""
+        text, answer_tokens = _continue(
+            client, model, messages, reasoning, on_text, max_tokens=ANSWER_MAX_TOKENS,
+            extra_body={"regex": regex, **sampling.pop("extra_body", {})}, **sampling)
         letter = answer_letter(text)
     else:  # no reasoning asked for, or the model went straight to its answer
-        r = client.chat.completions.create(model=model, messages=messages, max_tokens=ANSWER_MAX_TOKENS,
-                                           response_format=schema, **sampling)
-        text = r.choices[0].message.content or ""
+        text, answer_tokens = chat_text(client, on_text, model=model, messages=messages,
+                                        max_tokens=ANSWER_MAX_TOKENS, response_format=schema, **sampling)
         letter = json.loads(text)["answer"]
-    return ChoiceResult(letter, reasoning, reasoning + text, tokens + r.usage.completion_tokens)
+    return ChoiceResult(letter, reasoning, reasoning + text, tokens + answer_tokens)
 
 
 def openai_math(client, model: str, question: str, *, lang: str = "zh",
