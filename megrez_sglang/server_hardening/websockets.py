@@ -1,6 +1,6 @@
 """6. Websocket connections (/v1/realtime) are authenticated like HTTP requests: SGLang's auth
-middleware only looks at HTTP requests. (Without a websocket library installed, as in this
-project's environment, uvicorn does not upgrade connections at all.)
+middleware only looks at HTTP requests. The project's environment holds websocket libraries
+(websockets, wsproto), so uvicorn upgrades connections: without the key a handshake gets 403.
 """
 
 from __future__ import annotations
