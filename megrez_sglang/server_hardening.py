@@ -55,6 +55,10 @@ is left exactly as upstream ships it.
 10. Admission limits: one request asks for at most MEGREZ_MAX_N samples of a prompt,
    MEGREZ_MAX_PROMPTS prompts and MEGREZ_MAX_REQUEST_TOKENS new tokens in all (AdmissionLimits);
    upstream one chat with n = 25000 kept every other request waiting for minutes.
+11. Overload and connection limits, in modules of their own: the work all admitted requests may
+   take, in tokens (overload.py: 429 with Retry-After); body size, time to send a request and
+   open connections (http_limits.py: 413, 408, 503); /metrics counting what was answered and
+   disconnects apart (http_metrics.py).
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ import pkgutil
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
+
+from megrez_sglang.http_limits import ConnectionLimits
+from megrez_sglang.overload import OverloadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +112,13 @@ def environment_keys(base: Mapping[str, str] | None = None) -> tuple[str | None,
 
 def hardened_server_environment(base: Mapping[str, str] | None = None, *,
                                 drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
-                                limits: AdmissionLimits | None = None) -> dict[str, str]:
+                                limits: AdmissionLimits | None = None,
+                                overload: OverloadLimits | None = None,
+                                connections: ConnectionLimits | None = None) -> dict[str, str]:
     """The environment to start `sglang serve` with: `base` (default os.environ), with the keys it
     holds checked, the switch that makes this package's plugin harden the server, how long
-    requests in flight may run after SIGTERM, and what one request may ask for."""
+    requests in flight may run after SIGTERM, what one request may ask for, what all of them
+    together may hold, and what one connection may."""
     env = dict(os.environ if base is None else base)
     keys = environment_keys(env)
     for name, value in zip((API_KEY_ENV, ADMIN_API_KEY_ENV), keys, strict=True):
@@ -117,6 +127,8 @@ def hardened_server_environment(base: Mapping[str, str] | None = None, *,
     env[HARDENING_ENV] = "1"
     env[DRAIN_TIMEOUT_ENV] = str(drain_timeout_s)
     env.update((limits or AdmissionLimits()).as_environment())
+    env.update((overload or OverloadLimits()).as_environment())
+    env.update((connections or ConnectionLimits()).as_environment())
     return env
 
 
@@ -865,9 +877,18 @@ def install() -> None:
     from fastapi.exceptions import RequestValidationError
     from sglang.srt.entrypoints.http_server import app
 
-    # Added before SGLang adds its auth middleware, so it runs after authentication.
+    from megrez_sglang.http_limits import BodySizeLimitMiddleware, use_request_read_deadline
+    from megrez_sglang.http_metrics import count_answers_outermost
+    from megrez_sglang.overload import GenerationAdmissionMiddleware
+
+    _hook("uvicorn.config.Config.load", use_request_read_deadline, HookType.AFTER)
+    # Added before SGLang adds its auth middleware, so they run after authentication; each one
+    # added wraps the ones before it: the body's size is checked before anything reads it.
     app.add_middleware(JsonObjectBodyMiddleware)
+    app.add_middleware(GenerationAdmissionMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(WebSocketAuthMiddleware)
+    count_answers_outermost(app)
     app.add_exception_handler(ValueError, client_error)
     app.add_exception_handler(json.JSONDecodeError, invalid_json_body)  # orjson's error subclasses it
     app.add_exception_handler(RequestValidationError,
