@@ -12,9 +12,12 @@ away). So:
 
 * BodySizeLimitMiddleware (ASGI): a body over `max_body_bytes` gets 413 before it is read: at
   once from its Content-Length, or, for a chunked upload, as soon as the bytes received pass
-  the limit. The response closes the connection, so the rest of the body is never read.
-  uvicorn itself buffers at most 64 KiB of an unread body (it stops reading the socket
-  above that), so memory stays bounded whatever the client sends.
+  the limit. The rest of the body is read and dropped as it arrives (never stored: h11 drops
+  the data of a request already answered), like nginx's lingering close: a client that sends
+  its whole body before reading (python-requests) gets the 413 instead of a connection reset;
+  the read deadline below bounds how long. uvicorn buffers at most 64 KiB of a body the
+  application has not read (it stops reading the socket above that), so memory stays bounded
+  whatever the client sends.
 * RequestReadDeadlineProtocol (uvicorn's h11 protocol with a deadline, the layer where a
   request that never finishes its headers exists at all; ASGI sees a request only once its
   headers are complete): a connection must deliver a whole request, headers and body, within
@@ -70,16 +73,14 @@ def default_max_body_bytes(context_len: int) -> int:
     return context_len * BODY_BYTES_PER_CONTEXT_TOKEN + BODY_BYTES_FOR_SCHEMAS
 
 
-async def send_json_error(send, status: int, message: str, *, headers: list[tuple[bytes, bytes]] = (),
-                          close: bool = False) -> None:
+async def send_json_error(send, status: int, message: str, *, headers=()) -> None:
     """An error in the shape of SGLang's own (its OpenAI protocol ErrorResponse), from ASGI."""
     kind = {413: "RequestTooLarge", 429: "TooManyRequests", 400: "BadRequest"}.get(status, "Error")
     payload = json.dumps({"object": "error", "message": message, "type": kind, "param": None,
                           "code": status}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode()), *headers,
-                            *([(b"connection", b"close")] if close else [])]})
+                            (b"content-length", str(len(payload)).encode()), *headers]})
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -114,7 +115,7 @@ class BodySizeLimitMiddleware:
         limit = self.max_body_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await send_json_error(send, 413, self.too_large(f"{int(value)} bytes"), close=True)
+                await send_json_error(send, 413, self.too_large(f"{int(value)} bytes"))
                 return
         received = 0
         response_started = False
@@ -137,7 +138,7 @@ class BodySizeLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not response_started:
-                await send_json_error(send, 413, self.too_large(f"over {limit} bytes (chunked)"), close=True)
+                await send_json_error(send, 413, self.too_large(f"over {limit} bytes (chunked)"))
 
 
 class _BodyTooLarge(Exception):
@@ -162,6 +163,8 @@ def _raw_response(template: bytes, message: str) -> bytes:
 def request_read_deadline_protocol(base: type) -> type:
     """uvicorn's H11Protocol (`base`) with the read deadline and the connection cap (see the
     module); the limits come from the environment (ConnectionLimits)."""
+    import h11
+
     limits = ConnectionLimits.from_environment()
 
     class RequestReadDeadlineProtocol(base):
@@ -211,7 +214,7 @@ def request_read_deadline_protocol(base: type) -> type:
             self._read_deadline = None
             if self.transport.is_closing():
                 return
-            if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+            if self.conn.our_state is h11.IDLE:  # no answer to this request yet (a 413 may be sent)
                 self.transport.write(_raw_response(_TIMED_OUT, (
                     f"the request (headers and body) did not arrive within {limits.read_timeout_s:g} s "
                     "(launch_server.sh --request-read-timeout)")))
