@@ -114,6 +114,97 @@ def test_limits_travel_in_the_environment_and_flags_are_checked():
     assert default_max_body_bytes(32768) == 32768 * 16 + (1 << 20)
 
 
+def _asgi_call(middleware, scope, body_chunks):
+    """Run an ASGI middleware on one request: (messages sent, how many body chunks were read)."""
+    import asyncio
+
+    sent, read = [], []
+
+    async def receive():
+        read.append(1)
+        if len(read) <= len(body_chunks):
+            return {"type": "http.request", "body": body_chunks[len(read) - 1],
+                    "more_body": len(read) < len(body_chunks)}
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(middleware(scope, receive, send))
+    return sent, len(read)
+
+
+def _scope(path="/v1/chat/completions", headers=()):
+    return {"type": "http", "method": "POST", "path": path, "headers": list(headers)}
+
+
+async def _reading_app(scope, receive, send):
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_body_size_limit_answers_413_before_reading_the_body():
+    from megrez_sglang.http_limits import BodySizeLimitMiddleware
+
+    middleware = BodySizeLimitMiddleware(_reading_app, max_body_bytes=100)
+    sent, read = _asgi_call(middleware, _scope(headers=[(b"content-length", b"101")]), [b"x" * 101])
+    assert (sent[0]["status"], read) == (413, 0)  # from the header: not one chunk read
+    assert b"the request body is 101 bytes, above this server's limit of 100 bytes" in sent[1]["body"]
+    sent, read = _asgi_call(middleware, _scope(), [b"x" * 60] * 5)  # chunked: stops at the second chunk
+    assert (sent[0]["status"], read) == (413, 2)
+    sent, _ = _asgi_call(middleware, _scope(headers=[(b"content-length", b"100")]), [b"x" * 100])
+    assert sent[0]["status"] == 200
+
+
+def test_generation_admission_sheds_past_the_bound_and_releases_when_done():
+    import asyncio
+    import json
+
+    from megrez_sglang.overload import GenerationAdmissionMiddleware
+
+    gate = asyncio.Event()
+
+    async def generating_app(scope, receive, send):
+        await receive()
+        await gate.wait()
+        await _reading_app(scope, receive, send)
+
+    middleware = GenerationAdmissionMiddleware(generating_app, max_pending_tokens=1000)
+    middleware.sizes.__dict__.update(_loaded=True, context_len=CONTEXT, kv_pool=16384, token_bound=(55, 4))
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 600}).encode()
+
+    async def scenario():
+        results = []
+
+        async def one():
+            sent = []
+
+            async def receive():
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message):
+                sent.append(message)
+
+            await middleware(_scope(), receive, send)
+            results.append(sent)
+
+        first = asyncio.create_task(one())
+        await asyncio.sleep(0)
+        await one()  # 2 x ~630 > 1000: refused at once while the first runs
+        gate.set()
+        await first
+        await one()  # released: admitted again
+        return results
+
+    refused, admitted, again = asyncio.run(scenario())
+    assert refused[0]["status"] == 429 and (b"retry-after", b"1") in refused[0]["headers"]
+    assert b"above its limit of 1000 (launch_server.sh --max-pending-tokens" in refused[1]["body"]
+    assert admitted[0]["status"] == 200 and again[0]["status"] == 200
+    assert (middleware.bound.pending, middleware.bound.requests) == (0, 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # one server with small limits
 
