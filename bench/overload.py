@@ -105,8 +105,11 @@ def run_mode(args, bound: int) -> list[dict]:
     import tempfile
 
     log = tempfile.NamedTemporaryFile(prefix="bench-overload-", suffix=".log", delete=False).name
+    # the scheduler logs its decode rate every --decode-log-interval steps (SGLang's default, 40,
+    # left most windows without a figure on a slow machine)
     server = ServerProcess(args.model, api_key=KEY, admin_api_key=ADMIN_KEY, log_path=log,
-                           args=["--max-pending-tokens", str(bound)] if bound else [])
+                           args=["--max-pending-tokens", str(bound)] if bound else [],
+                           extra=["--decode-log-interval", "1"])
     rows = []
     try:
         url = server.url
