@@ -401,6 +401,9 @@ def test_metrics_count_what_was_answered_and_disconnects_apart(limited):
     assert _metric(limited, "sglang:http_responses_total", status_code="429", **endpoint) >= before[2]
 
 
+STILL_OPEN = b" (still open at the deadline)"
+
+
 @pytest.mark.slow
 def test_slow_clients_are_closed_within_the_read_timeout_and_a_chat_stays_fast(limited):
     host, port = limited.url.removeprefix("http://").split(":")
@@ -425,22 +428,27 @@ def test_slow_clients_are_closed_within_the_read_timeout_and_a_chat_stays_fast(l
     trickler = threading.Thread(target=trickle, daemon=True)
     trickler.start()
     loaded = statistics.median(chat_seconds(limited) for _ in range(3))
-    closed_after = []
-    for sock in slow:
-        sock.settimeout(READ_TIMEOUT_S + 5)
+    closed_after, deadline = [], opened + READ_TIMEOUT_S + 2
+    for sock in slow:  # each must be answered and closed by the deadline
         answer = b""
         try:
-            while data := sock.recv(4096):
+            while True:
+                sock.settimeout(max(deadline - time.monotonic(), 0.01))
+                if not (data := sock.recv(4096)):
+                    break
                 answer += data
-        except (TimeoutError, ConnectionResetError):
-            pass
+        except ConnectionResetError:
+            pass  # closed; the trickler's next byte reached the closed socket first
+        except TimeoutError:
+            answer += STILL_OPEN
         closed_after.append((time.monotonic() - opened, answer))
         sock.close()
     stop.set()
     trickler.join()
     print(f"short chat: idle {idle:.2f} s, beside 300 slow connections {loaded:.2f} s")
-    assert all(a.startswith(b"HTTP/1.1 408 Request Timeout") for _, a in closed_after), closed_after[0]
-    assert max(t for t, _ in closed_after) < READ_TIMEOUT_S + 2
+    answered = [a.startswith(b"HTTP/1.1 408 Request Timeout") and not a.endswith(STILL_OPEN)
+                for _, a in closed_after]
+    assert all(answered), closed_after[answered.index(False)]
     assert loaded < 2 * idle, (idle, loaded)
 
 
