@@ -4,6 +4,8 @@
                                    [--nnodes N --node-rank R --dist-init-addr HOST:PORT]
                                    [--served-model-name NAME] [--shutdown-timeout S]
                                    [--max-n N] [--max-prompts N] [--max-request-tokens N]
+                                   [--max-pending-tokens N] [--max-body-bytes N]
+                                   [--request-read-timeout S] [--max-connections N]
                                    [-- extra SGLang flags]
 
 (launch_server.sh is the user-facing wrapper.) Checks the model path, the keys and the port first,
@@ -43,10 +45,14 @@ from .server_hardening import (
     ADMIN_API_KEY_ENV,
     API_KEY_ENV,
     DEFAULT_DRAIN_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_N,
     DEFAULT_MAX_PROMPTS,
+    DEFAULT_READ_TIMEOUT_S,
     AdmissionLimits,
+    ConnectionLimits,
     KeyConfigurationError,
+    OverloadLimits,
     hardened_server_environment,
 )
 
@@ -234,8 +240,28 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     limits.add_argument("--max-request-tokens", type=int, default=0, metavar="N",
                         help="new tokens one request may ask for in all, prompts x n x max_tokens (an unset "
                         "max_tokens counts as the context length); default 0: the KV pool's size")
+    load = p.add_argument_group("overload and connection limits: what all requests together and one "
+                                "connection may hold")
+    load.add_argument("--max-pending-tokens", type=int, default=0, metavar="N",
+                      help="tokens all admitted, unfinished generation requests may take, prompt + n x "
+                      "max_tokens each; a request past it gets 429 with Retry-After; default 0: the KV "
+                      "pool's size")
+    load.add_argument("--max-body-bytes", type=int, default=0, metavar="N",
+                      help="largest request body (413 above it, before it is read); default 0: 16 bytes per "
+                      "token of the context + 1 MiB")
+    load.add_argument("--request-read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S, metavar="S",
+                      help="seconds a connection has to send a whole request, headers and body (408 and "
+                      f"closed after; default {DEFAULT_READ_TIMEOUT_S:g})")
+    load.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                      help="open connections (one more gets 503 and is closed; default "
+                      f"{DEFAULT_MAX_CONNECTIONS})")
     args = p.parse_args(argv)
-    for name in ("tp", "dp", "nnodes", "max_n", "max_prompts"):
+    for name in ("max_pending_tokens", "max_body_bytes"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0 (0: the default), got {getattr(args, name)}")
+    if not args.request_read_timeout > 0:
+        p.error(f"--request-read-timeout must be > 0 seconds, got {args.request_read_timeout}")
+    for name in ("tp", "dp", "nnodes", "max_n", "max_prompts", "max_connections"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_request_tokens < 0:
@@ -289,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     # After engine_args: it may have set this host's CPU thread binding in os.environ.
     environment = hardened_server_environment(
         drain_timeout_s=args.shutdown_timeout,
-        limits=AdmissionLimits(args.max_n, args.max_prompts, args.max_request_tokens))
+        limits=AdmissionLimits(args.max_n, args.max_prompts, args.max_request_tokens),
+        overload=OverloadLimits(args.max_pending_tokens),
+        connections=ConnectionLimits(args.max_body_bytes, args.request_read_timeout, args.max_connections))
     process = subprocess.Popen(serve_command(server_args, extra), start_new_session=True, env=environment)
 
     def on_signal(signum, _frame):

@@ -19,6 +19,10 @@ is left exactly as upstream ships it.
   ollama             Ollama's routes: num_predict unset caps to the context; refusals before the stream
   echo               /v1/completions echo with max_tokens 0 scores the prompt; no warning per request
   admission          10. what one request may ask for (n, prompts, new tokens), seeds SGLang would drop
+  overload           11. what all admitted requests may hold, in tokens (429 with Retry-After); a
+                     prompt whose characters prove it cannot fit the context (400, before tokenizing)
+  http_limits        12. body size (413), time to send a request (408), open connections (503)
+  http_metrics       13. /metrics counts what was answered, and client disconnects apart
 
 install() is the one place that names SGLang's private targets: an SGLang upgrade is checked
 there (each target is resolved when it is registered, so a renamed one fails the start-up).
@@ -47,6 +51,14 @@ from .control_endpoints import (
 )
 from .echo import EchoWithLogprobsWarning, zero_new_tokens_for_echo
 from .error_messages import client_error, validation_error_handler
+from .http_limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_TIMEOUT_S,
+    BodySizeLimitMiddleware,
+    ConnectionLimits,
+    use_request_read_deadline,
+)
+from .http_metrics import count_answers_outermost
 from .keys import (
     ADMIN_API_KEY_ENV,
     API_KEY_ENV,
@@ -56,14 +68,16 @@ from .keys import (
     redact_keys,
 )
 from .ollama import first_chunk_before_the_response, ollama_sampling_params
+from .overload import GenerationAdmissionMiddleware, OverloadLimits
 from .parser_names import check_reasoning_parser, check_tool_call_parser
 from .shutdown import DEFAULT_DRAIN_TIMEOUT_S, DRAIN_TIMEOUT_ENV, sigterm_with_drain_deadline
 from .token_ids import check_detokenize_tokens, check_prompt_tokens, check_request_ids
 from .websockets import WebSocketAuthMiddleware
 
 # What launchers (server.py, cluster.py, gateway.py) and clients use; the rest lives in its module.
-__all__ = ["ADMIN_API_KEY_ENV", "API_KEY_ENV", "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_N",
-           "DEFAULT_MAX_PROMPTS", "HARDENING_ENV", "AdmissionLimits", "KeyConfigurationError",
+__all__ = ["ADMIN_API_KEY_ENV", "API_KEY_ENV", "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_CONNECTIONS",
+           "DEFAULT_MAX_N", "DEFAULT_MAX_PROMPTS", "DEFAULT_READ_TIMEOUT_S", "HARDENING_ENV",
+           "AdmissionLimits", "ConnectionLimits", "KeyConfigurationError", "OverloadLimits",
            "environment_keys", "hardened_server_environment", "install", "requested"]
 
 # Set by launchers in the server's environment (not a secret: children inherit it).
@@ -72,10 +86,13 @@ HARDENING_ENV = "MEGREZ_HARDENED_SERVER"
 
 def hardened_server_environment(base: Mapping[str, str] | None = None, *,
                                 drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
-                                limits: AdmissionLimits | None = None) -> dict[str, str]:
+                                limits: AdmissionLimits | None = None,
+                                overload: OverloadLimits | None = None,
+                                connections: ConnectionLimits | None = None) -> dict[str, str]:
     """The environment to start `sglang serve` with: `base` (default os.environ), with the keys it
     holds checked, the switch that makes this package's plugin harden the server, how long
-    requests in flight may run after SIGTERM, and what one request may ask for."""
+    requests in flight may run after SIGTERM, what one request may ask for, what all of them
+    together may hold, and what one connection may."""
     env = dict(os.environ if base is None else base)
     keys = environment_keys(env)
     for name, value in zip((API_KEY_ENV, ADMIN_API_KEY_ENV), keys, strict=True):
@@ -84,6 +101,8 @@ def hardened_server_environment(base: Mapping[str, str] | None = None, *,
     env[HARDENING_ENV] = "1"
     env[DRAIN_TIMEOUT_ENV] = str(drain_timeout_s)
     env.update((limits or AdmissionLimits()).as_environment())
+    env.update((overload or OverloadLimits()).as_environment())
+    env.update((connections or ConnectionLimits()).as_environment())
     return env
 
 
@@ -139,9 +158,14 @@ def install() -> None:
     from fastapi.exceptions import RequestValidationError
     from sglang.srt.entrypoints.http_server import app
 
-    # Added before SGLang adds its auth middleware, so it runs after authentication.
+    _hook("uvicorn.config.Config.load", use_request_read_deadline, HookType.AFTER)
+    # Added before SGLang adds its auth middleware, so they run after authentication; each one
+    # added wraps the ones before it: the body's size is checked before anything reads it.
     app.add_middleware(JsonObjectBodyMiddleware)
+    app.add_middleware(GenerationAdmissionMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(WebSocketAuthMiddleware)
+    count_answers_outermost(app)
     app.add_exception_handler(ValueError, client_error)
     app.add_exception_handler(json.JSONDecodeError, invalid_json_body)  # orjson's error subclasses it
     app.add_exception_handler(RequestValidationError,
