@@ -33,9 +33,11 @@ float32 and float16 are faithful (``install`` refuses a bfloat16 engine at the f
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,11 @@ import torch.nn.functional as F
 
 ENABLE_ENV = "MEGREZ_GPU_BRANCHES"
 INTERPRET_ENV = "TRITON_INTERPRET"
+# A file each SGLang process appends "<pid> <name>" to the first time a kernel or stand-in of the
+# path runs there: tests prove with it that the path they check was taken.
+TRACE_ENV = "MEGREZ_GPU_BRANCHES_TRACE"
+# What an engine needs beside the environment: SGLang's Triton attention backend.
+ENGINE_ARGS = {"attention_backend": "triton"}
 SGLANG_VERSION = "0.5.23"
 # The tuned-config lookup of SGLang's fused MoE reads the GPU's name (config files are named
 # "E=..,N=..,device_name=NVIDIA_H100_80GB_HBM3.json"); the GPU this mode stands in for.
@@ -53,6 +60,31 @@ FAITHFUL_DTYPES = (torch.float32, torch.float16)
 
 class GpuBranchesRefused(RuntimeError):
     """The GPU-branch mode cannot run here (the message is one line saying why)."""
+
+
+_traced_here: set[str] = set()
+
+
+def trace(name: str) -> None:
+    """Record, once per process, that `name` ran (where TRACE_ENV names a file)."""
+    path = os.environ.get(TRACE_ENV)
+    if path and name not in _traced_here:
+        _traced_here.add(name)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {name}\n")
+
+
+def _traced(attribute: str):
+    """The module's function `attribute`, recording its first call (trace)."""
+    def value(module):
+        function = getattr(module, attribute)
+
+        @functools.wraps(function)
+        def traced(*args, **kwargs):
+            trace(attribute)
+            return function(*args, **kwargs)
+        return traced
+    return value
 
 
 # --- the torch stand-ins for the CUDA-only ops on the path -------------------------------------
@@ -72,6 +104,7 @@ def moe_align_block_size(topk_ids: torch.Tensor, num_experts: int, block_size: i
     `sorted_token_ids` hold `topk_ids.numel()` (the whole buffer with `pad_sorted_token_ids`, as
     the kernel pre-fills it); within a bucket, pairs keep their flattened order (the kernel's
     order there depends on atomics; fused_moe does not depend on it)."""
+    trace("moe_align_block_size")
     if ignore_invalid_expert:
         raise NotImplementedError("moe_align_block_size stand-in: ignore_invalid_expert is not on "
                                   "the path this mode runs")
@@ -111,6 +144,7 @@ def silu_and_mul(input: torch.Tensor, out: torch.Tensor | None = None,
     """Stand-in for ``sglang.kernels.ops.activation.activation.silu_and_mul`` (a CUDA JIT
     kernel): out = silu(x[..., :d]) * x[..., d:], computed in float32 and stored in out's dtype.
     With `expert_ids`, row r is left unwritten where ``expert_ids[r // expert_step] == -1``."""
+    trace("silu_and_mul")
     if sorted_token_ids is not None:
         raise NotImplementedError("silu_and_mul stand-in: the sorted (TMA) row filter is not on "
                                   "the path this mode runs")
@@ -131,6 +165,7 @@ def silu_and_mul(input: torch.Tensor, out: torch.Tensor | None = None,
 def moe_sum_reduce(input: torch.Tensor, output: torch.Tensor, routed_scaling_factor: float) -> None:
     """Stand-in for sgl_kernel's ``moe_sum_reduce`` (CUDA): output[t] = routed_scaling_factor *
     sum_k input[t, k], accumulated in float32, stored in output's dtype."""
+    trace("moe_sum_reduce")
     if input.dim() != 3 or output.shape != (input.shape[0], input.shape[2]):
         raise ValueError(f"moe_sum_reduce: input {tuple(input.shape)} must be [tokens, topk, hidden] "
                          f"and output {tuple(output.shape)} [tokens, hidden]")
@@ -168,19 +203,24 @@ def _python_function(attribute: str):
     return value
 
 
-def _bitmask_applied_by_triton(self_or_logits, *args):
-    """XGrammar's ``apply_vocab_mask`` (method or staticmethod), taking SGLang's CUDA branch:
-    its Triton kernel, whatever the logits' device."""
+def _apply_token_bitmask_by_triton(logits: torch.Tensor, vocab_mask: torch.Tensor) -> None:
+    """XGrammar's ``apply_vocab_mask`` taking SGLang's CUDA branch, its Triton kernel, whatever the
+    logits' device (SGLang picks the branch by the logits' device)."""
     from sglang.kernels.ops.grammar.bitmask_ops import apply_token_bitmask_inplace_triton
 
-    logits, vocab_mask = (self_or_logits, *args) if isinstance(self_or_logits, torch.Tensor) else args
+    trace("apply_token_bitmask_inplace_triton")
     apply_token_bitmask_inplace_triton(logits, vocab_mask)
+
+
+def _apply_token_bitmask_method(self, logits: torch.Tensor, vocab_mask: torch.Tensor) -> None:
+    _apply_token_bitmask_by_triton(logits, vocab_mask)
 
 
 def _faithful_dtype_guard(module):
     impl = module.fused_experts_impl
 
     def fused_experts_impl(hidden_states, *args, **kwargs):
+        trace("fused_experts_impl")
         if hidden_states.dtype not in FAITHFUL_DTYPES:
             raise GpuBranchesRefused(
                 f"the GPU-branch mode runs float32 and float16 only: {hidden_states.dtype} is not "
@@ -195,6 +235,7 @@ _FUSED_MOE = "sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe"
 _ALIGN = "sglang.srt.layers.moe.moe_runner.triton_utils.moe_align_block_size"
 _XGRAMMAR = "sglang.srt.constrained.xgrammar_backend"
 _SMALL_NUMEL = "sglang.kernels.ops.moe.moe_align_small_numel"
+_MOE_FUSED_GATE = "sglang.kernels.ops.moe.moe_fused_gate"
 
 PRIVATE_STATE: tuple[Patch, ...] = (
     Patch(_TOPK, "TopK._resolve_forward_method", lambda m: _forward_cuda,
@@ -213,7 +254,7 @@ PRIVATE_STATE: tuple[Patch, ...] = (
           cuda_only_name=True),
     Patch(_FUSED_MOE, "moe_sum_reduce", lambda m: moe_sum_reduce,
           "sgl_kernel's CUDA kernel: torch stand-in", cuda_only_name=True),
-    Patch(_FUSED_MOE, "is_arch_support_pdl", lambda m: True,
+    Patch(_FUSED_MOE, "is_arch_support_pdl", lambda m: lambda: True,
           "as on an H100 (sm90): up to 32 tokens the combine runs the Triton moe_sum_reduce"),
     Patch(_FUSED_MOE, "outplace_fused_experts", _python_function("outplace_fused_experts"),
           "a torch custom op registered for CUDA only: the Python function behind it runs"),
@@ -232,10 +273,20 @@ PRIVATE_STATE: tuple[Patch, ...] = (
           "imported only on CUDA (a Triton kernel)", cuda_only_name=True),
     Patch("sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe_triton_config", "get_device_name",
           lambda m: lambda device_id=0: DEVICE_NAME, "the tuned-config lookup reads the GPU's name"),
-    Patch(_XGRAMMAR, "XGrammarGrammar.apply_vocab_mask", lambda m: _bitmask_applied_by_triton,
+    Patch(_MOE_FUSED_GATE, "moe_fused_gate", _traced("moe_fused_gate"),
+          "traced (SGLang's Triton router; imported where it is called)"),
+    Patch("sglang.kernels.ops.moe.fused_moe_triton_kernels", "moe_sum_reduce_triton",
+          _traced("moe_sum_reduce_triton"), "traced (the combine's Triton kernel)"),
+    Patch(_FUSED_MOE, "moe_sum_reduce_triton", _traced("moe_sum_reduce_triton"),
+          "the same name, imported into fused_moe"),
+    Patch("sglang.kernels.ops.attention.extend_attention", "extend_attention_fwd",
+          _traced("extend_attention_fwd"), "traced (imported when the Triton backend is built)"),
+    Patch("sglang.kernels.ops.attention.decode_attention", "decode_attention_fwd",
+          _traced("decode_attention_fwd"), "traced (the same)"),
+    Patch(_XGRAMMAR, "XGrammarGrammar.apply_vocab_mask", lambda m: _apply_token_bitmask_method,
           "the token bitmask is applied by SGLang's Triton kernel, as on CUDA"),
     Patch(_XGRAMMAR, "XGrammarGrammarBackend.apply_vocab_mask",
-          lambda m: staticmethod(_bitmask_applied_by_triton), "the same, the backend's static method"),
+          lambda m: staticmethod(_apply_token_bitmask_by_triton), "the same, the backend's static method"),
 )
 
 
@@ -272,6 +323,23 @@ def gpu_branch_environment() -> dict[str, str]:
     if reason:
         raise GpuBranchesRefused(reason)
     return {INTERPRET_ENV: "1", ENABLE_ENV: "1"}
+
+
+@contextmanager
+def enabled():
+    """SGLang engines started inside run the GPU branches (their processes inherit os.environ
+    at start); the variables are restored afterwards. Raises GpuBranchesRefused where the mode
+    cannot run."""
+    saved = {name: os.environ.get(name) for name in (INTERPRET_ENV, ENABLE_ENV)}
+    os.environ.update(gpu_branch_environment())
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 _installed = False
