@@ -56,7 +56,7 @@ def run_row(path: str, dtype: str, tp: int, prompts, reference, new_tokens: int)
     trace = Path(tempfile.mkdtemp()) / "trace.txt"
     os.environ[gpu_branches.TRACE_ENV] = str(trace)
     start = time.perf_counter()
-    with gpu_branches.enabled():
+    with gpu_branches.enabled(dtype):
         engine = start_engine(path, dtype=dtype, tp_size=tp, log_level="error",
                               custom_sigquit_handler=raise_engine_start_error, **gpu_branches.ENGINE_ARGS)
     started = time.perf_counter() - start

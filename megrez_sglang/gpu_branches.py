@@ -28,7 +28,8 @@ package's SGLang plugin (registration.register, run in every SGLang process) the
 What it cannot check: FlashInfer's kernels (attention, ``fused_topk_deepseek``), CUDA graphs,
 the real CUDA elementwise kernels (the stand-ins replace them), and bfloat16: ``tl.dot`` on bf16
 is wrong in Triton's interpreter (triton issue 11584) and its bf16 casts truncate, so only
-float32 and float16 are faithful (``install`` refuses a bfloat16 engine at the first MoE call).
+float32 and float16 are faithful (``enabled("bfloat16")`` is refused, and an engine computing in
+bfloat16 anyway stops at its first MoE call with that reason).
 """
 
 from __future__ import annotations
@@ -316,9 +317,14 @@ def refusal(environ=None) -> str | None:
     return None
 
 
-def gpu_branch_environment() -> dict[str, str]:
+def gpu_branch_environment(dtype: str | None = None) -> dict[str, str]:
     """The variables an SGLang engine started from this process needs for the mode (the engine's
-    processes inherit os.environ); raises GpuBranchesRefused with the reason where it cannot run."""
+    processes inherit os.environ); raises GpuBranchesRefused with the reason where it cannot run
+    (`dtype`, the engine's, when given: float32 or float16 only)."""
+    if dtype is not None and str(dtype).removeprefix("torch.") not in ("float32", "float16", "half", "float"):
+        raise GpuBranchesRefused(
+            f"megrez_sglang.gpu_branches: dtype {dtype} is not faithful in Triton's interpreter (tl.dot "
+            "on bfloat16, triton issue 11584): use float32 or float16")
     reason = refusal({**os.environ, INTERPRET_ENV: "1"})
     if reason:
         raise GpuBranchesRefused(reason)
@@ -326,12 +332,12 @@ def gpu_branch_environment() -> dict[str, str]:
 
 
 @contextmanager
-def enabled():
+def enabled(dtype: str | None = None):
     """SGLang engines started inside run the GPU branches (their processes inherit os.environ
     at start); the variables are restored afterwards. Raises GpuBranchesRefused where the mode
-    cannot run."""
+    cannot run (see gpu_branch_environment)."""
     saved = {name: os.environ.get(name) for name in (INTERPRET_ENV, ENABLE_ENV)}
-    os.environ.update(gpu_branch_environment())
+    os.environ.update(gpu_branch_environment(dtype))
     try:
         yield
     finally:

@@ -183,3 +183,9 @@ def test_enabled_restores_the_environment(monkeypatch):
     with gpu_branches.enabled():
         assert os.environ[gpu_branches.INTERPRET_ENV] == os.environ[gpu_branches.ENABLE_ENV] == "1"
     assert gpu_branches.INTERPRET_ENV not in os.environ and gpu_branches.ENABLE_ENV not in os.environ
+
+
+def test_refuses_bfloat16_before_an_engine_starts():
+    with pytest.raises(GpuBranchesRefused, match="dtype bfloat16 is not faithful"):
+        gpu_branches.gpu_branch_environment("bfloat16")
+    assert gpu_branches.gpu_branch_environment("float16")[gpu_branches.ENABLE_ENV] == "1"

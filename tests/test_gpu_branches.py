@@ -59,7 +59,7 @@ def trace_file(tmp_path_factory):
 
 
 def gpu_branch_engine(engines, path: str, dtype: str, **kwargs):
-    with gpu_branches.enabled():
+    with gpu_branches.enabled(dtype):
         return engines.get(path, dtype=dtype, **gpu_branches.ENGINE_ARGS, **kwargs)
 
 
@@ -86,12 +86,13 @@ def shipped_reference(prompts):
 
 
 def constrained_texts(engine) -> list[str]:
-    """A \\boxed{} answer and a JSON-schema multiple choice, greedy (the programs' constraints)."""
+    """A \\boxed{} answer and a JSON-schema multiple choice, greedy, in one batch (the programs'
+    constraints: megrez_sglang.programs.grammars)."""
     params = {"temperature": 0.0, "max_new_tokens": 8}
-    boxed = engine.generate("3+4=", {**params, "regex": BOXED_REGEX})["text"]
-    choice = engine.generate("问题：1+1=？ A. 1 B. 2 C. 3 D. 4\n答案：",
-                             {**params, "json_schema": answer_json_schema_str("ABCD")})["text"]
-    return [boxed, choice]
+    outs = engine.generate(["3+4=", "问题：1+1=？ A. 1 B. 2 C. 3 D. 4\n答案："],
+                           [{**params, "regex": BOXED_REGEX},
+                            {**params, "json_schema": answer_json_schema_str("ABCD")}])
+    return [o["text"] for o in outs]
 
 
 def test_constrained_decoding_on_the_triton_bitmask_gives_the_cpu_branch_text(engines, trace_file):
