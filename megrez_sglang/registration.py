@@ -6,7 +6,8 @@
   ``sglang.srt.plugins`` (pyproject.toml). SGLang calls it first thing in the engine, the
   server's main process and every scheduler/detokenizer process: where configs are parsed and
   models built. It registers the config and ``MegrezMoeForCausalLM`` with SGLang's registry,
-  and, in a server started by this project's launchers, installs server_hardening.
+  and, in a server started by this project's launchers, installs server_hardening; with
+  MEGREZ_GPU_BRANCHES=1 (gpu_branches), SGLang's CUDA branches under Triton's interpreter.
 
 A broken model module must never let SGLang fall back silently to its generic transformers
 backend (SGLang only logs plugin and model-import errors): if the import fails, the registry
@@ -62,7 +63,9 @@ def register() -> None:
     """The SGLang plugin entry point."""
     register_with_transformers()
     register_with_sglang()
-    from . import server_hardening
+    from . import gpu_branches, server_hardening
+
+    gpu_branches.install_if_requested()  # MEGREZ_GPU_BRANCHES=1: SGLang's CUDA branches, interpreted
 
     if server_hardening.requested():
         try:
