@@ -17,6 +17,7 @@ import re
 
 from .echo import prompt_logprobs_only
 from .error_messages import bad_request_content
+from .http_limits import read_body, replay_body
 
 
 def _is_json_content(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -42,13 +43,9 @@ class JsonObjectBodyMiddleware:
                 scope.get("headers", [])):
             await self.app(scope, receive, send)
             return
-        chunks, message = [], {"more_body": True}
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # nobody to answer
-            chunks.append(message.get("body", b""))
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:
+            return  # the client hung up: nobody to answer
         error = self.body_error(body)
         if error is None and scope["path"] == vertex_route():
             error = vertex_request_error(body)
@@ -57,16 +54,7 @@ class JsonObjectBodyMiddleware:
             return
         if scope["path"] == "/v1/completions":
             body = prompt_logprobs_only(body, scope)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(body, receive), send)
 
     @staticmethod
     def body_error(body: bytes) -> str | None:

@@ -84,6 +84,32 @@ async def send_json_error(send, status: int, message: str, *, headers=()) -> Non
     await send({"type": "http.response.body", "body": payload})
 
 
+async def read_body(receive) -> bytes | None:
+    """The whole body of an ASGI HTTP request (None: the client hung up first). For middlewares
+    that must see a body before the app does; hand the app replay_body(body, receive)."""
+    chunks, message = [], {"more_body": True}
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+def replay_body(body: bytes, receive):
+    """An ASGI receive() that gives the app `body` once, then what the client sends (a disconnect)."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 def _context_len() -> int:
     from sglang.srt.entrypoints.http_server import get_global_state
 

@@ -43,7 +43,7 @@ import time
 import unicodedata
 from typing import Any
 
-from .http_limits import send_json_error
+from .http_limits import read_body, replay_body, send_json_error
 
 MAX_PENDING_TOKENS_ENV = "MEGREZ_MAX_PENDING_TOKENS"
 # Routes that generate, and how their body names things (the frontend language calls /generate).
@@ -272,21 +272,10 @@ class GenerationAdmissionMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATION_ROUTES:
             await self.app(scope, receive, send)
             return
-        chunks, message = [], {"more_body": True}
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        body = await read_body(receive)
+        if body is None:
+            return  # the client hung up: nobody to answer
+        replay = replay_body(body, receive)
 
         try:
             parsed = json.loads(body) if body.strip() else None
