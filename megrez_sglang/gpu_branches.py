@@ -15,7 +15,7 @@ CUDA branches of SGLang 0.5.23 on a machine without a GPU, with ``TRITON_INTERPR
   (``apply_token_bitmask_inplace_triton``), as on CUDA.
 
 The few CUDA-only (non-Triton) ops on that path are replaced by the torch stand-ins below, each
-written to the contract of the kernel it replaces (tests/test_gpu_branches_standins.py checks
+written to the contract of the kernel it replaces (tests/test_gpu_branch_standins.py checks
 them). Everything this mode changes in SGLang is listed in ``PRIVATE_STATE``, the one place that
 names SGLang's private module state; it is written for SGLang 0.5.23 and refuses any other.
 
