@@ -113,9 +113,13 @@ def per_minute(history: list[dict], minutes: float, final: dict | None = None) -
             requests_total, failures = int(final["Request Count"]), int(final["Failure Count"])
         requests_in_minute, errors = requests_total - before[0], failures - before[1]
         before = (requests_total, failures)
+        p50, p99 = milliseconds_to_s(row["50%"]), milliseconds_to_s(row["99%"])
+        if n == 1 and final is not None and p50 is None:
+            # a run of under a minute: Locust's one-minute window reaches back before it started
+            # (no percentile); the minute's are the whole run's, from its final table
+            p50, p99 = milliseconds_to_s(final["50%"]), milliseconds_to_s(final["99%"])
         out.append({"minute": m, "requests": requests_in_minute, "served": requests_in_minute - errors,
-                    "errors": errors, "p50_s": milliseconds_to_s(row["50%"]),
-                    "p99_s": milliseconds_to_s(row["99%"])})
+                    "errors": errors, "p50_s": p50, "p99_s": p99})
     return out
 
 

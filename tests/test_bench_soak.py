@@ -58,8 +58,11 @@ def test_minutes_are_differences_of_locusts_running_totals_and_late_requests_cou
         (1, 90, 89, 1), (2, 95, 94, 1)]
     assert (minutes[0]["p50_s"], minutes[0]["p99_s"]) == (0.5, 7.7)
     assert (minutes[1]["p50_s"], minutes[1]["p99_s"]) == (0.54, 9.0)
-    final = {"Name": "Aggregated", "Request Count": "187", "Failure Count": "2"}  # the drain's last one
+    final = {"Name": "Aggregated", "Request Count": "187", "Failure Count": "2", "50%": "510", "99%": "9100"}
     assert [r["served"] for r in per_minute(rows, minutes=2, final=final)] == [89, 96]
+    short = [history_row(1000, 6, 0, 0, "0", "0"), history_row(1009, 6, 5, 0, "0", "0")]  # no window yet
+    rows_of_short = per_minute(short, 0.15, final)
+    assert [(r["served"], r["p50_s"], r["p99_s"]) for r in rows_of_short] == [(185, 0.51, 9.1)]
     assert per_minute([], minutes=0.5) == [{"minute": 1, "requests": 0, "served": 0, "errors": 0,
                                              "p50_s": None, "p99_s": None}]
 

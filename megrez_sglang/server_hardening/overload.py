@@ -279,7 +279,7 @@ class GenerationAdmissionMiddleware:
 
         try:
             parsed = json.loads(body) if body.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):  # a body nested absurdly deep: body_shape answers it
             parsed = None
         if not isinstance(parsed, dict):  # the routes and JsonObjectBodyMiddleware answer these
             await self.app(scope, replay, send)
