@@ -67,12 +67,14 @@ class AdmissionLimits:
         return None
 
 
-def _server_sizes(tokenizer_manager) -> tuple[int, int]:
-    """(context length, KV pool size in tokens) of the running server."""
+def server_sizes() -> tuple[int, int]:
+    """(context length, KV pool size in tokens) of the server running in this process; the one
+    place the hardening reads them (admission limits, the work bound, the body-size default)."""
     from sglang.srt.entrypoints.http_server import get_global_state
 
-    pool = get_global_state().scheduler_info.get("max_total_num_tokens") or tokenizer_manager.context_len
-    return tokenizer_manager.context_len, pool
+    state = get_global_state()
+    manager = state.tokenizer_manager
+    return manager.context_len, state.scheduler_info.get("max_total_num_tokens") or manager.context_len
 
 
 SEED_NOT_HONOURED = (
@@ -132,7 +134,7 @@ def check_generation_request(tokenizer_manager, obj, *_args, **_kwargs) -> None:
     n = max((p.get("n") or 1 for p in per_prompt), default=1)
     # /generate's default is SamplingParams' 128; OpenAI routes pass None when max_tokens is unset
     max_new = [p.get("max_new_tokens", 128) for p in per_prompt]
-    error = AdmissionLimits.from_environment().error(prompts, n, max_new, *_server_sizes(tokenizer_manager))
+    error = AdmissionLimits.from_environment().error(prompts, n, max_new, *server_sizes())
     if error:
         raise AdmissionError(error)
 
@@ -159,7 +161,7 @@ def check_openai_request(error: str | None, serving, request, *_args, **_kwargs)
     prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
     max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
     return AdmissionLimits.from_environment().error(prompts, request.n or 1, [max_tokens] * prompts,
-                                                    *_server_sizes(serving.tokenizer_manager))
+                                                    *server_sizes())
 
 
 def check_input_embeds(input_embeds, hidden_size: int) -> None:

@@ -34,6 +34,8 @@ import json
 import logging
 import os
 
+from .admission import server_sizes
+
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES_ENV = "MEGREZ_MAX_BODY_BYTES"
@@ -110,12 +112,6 @@ def replay_body(body: bytes, receive):
     return replay
 
 
-def _context_len() -> int:
-    from sglang.srt.entrypoints.http_server import get_global_state
-
-    return get_global_state().tokenizer_manager.context_len
-
-
 class BodySizeLimitMiddleware:
     """ASGI middleware: 413 for a body over the limit, before it is read (see the module)."""
 
@@ -127,7 +123,7 @@ class BodySizeLimitMiddleware:
     def max_body_bytes(self) -> int:
         if self._max_body_bytes is None:  # the context is known once the server runs
             self._max_body_bytes = ConnectionLimits.from_environment().max_body_bytes or \
-                default_max_body_bytes(_context_len())
+                default_max_body_bytes(server_sizes()[0])
         return self._max_body_bytes
 
     def too_large(self, size: str) -> str:

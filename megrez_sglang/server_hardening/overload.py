@@ -43,6 +43,7 @@ import time
 import unicodedata
 from typing import Any
 
+from .admission import server_sizes
 from .http_limits import read_body, replay_body, send_json_error
 
 MAX_PENDING_TOKENS_ENV = "MEGREZ_MAX_PENDING_TOKENS"
@@ -240,11 +241,8 @@ class ServerSizes:
             return
         from sglang.srt.entrypoints.http_server import get_global_state
 
-        state = get_global_state()
-        manager = state.tokenizer_manager
-        self.context_len = manager.context_len
-        self.kv_pool = state.scheduler_info.get("max_total_num_tokens") or manager.context_len
-        tokenizer = getattr(manager, "tokenizer", None)
+        self.context_len, self.kv_pool = server_sizes()
+        tokenizer = getattr(get_global_state().tokenizer_manager, "tokenizer", None)
         self.token_bound = tokenizer_bytes_per_token(tokenizer) if tokenizer is not None else None
         self._loaded = True
 
