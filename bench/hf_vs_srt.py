@@ -34,51 +34,45 @@ NEW_TOKENS = 8
 PREFILL_TOLERANCE, DECODE_TOLERANCE, ROUGE_L_TOLERANCE = 5e-2, 5e-2, 1
 
 
-@contextlib.contextmanager
-def hf_class_visible_to_the_runner():
-    """HFRunner loads ``getattr(transformers, config.architectures[0])`` (no trust_remote_code)
-    in a child process: the reference class under that name, and the child forked (SGLang sets
-    the start method to spawn, whose fresh interpreter would not have the name). Both undone on
-    exit: SGLang's engine wants spawn for its own processes."""
-    import multiprocessing
-
-    import transformers
+def load_hf_reference(dtype):
+    """The reference model and tokenizer as HFRunner's model process loads them (its
+    ``start_model_process``: ``from_pretrained(torch_dtype, low_cpu_mem_usage=True)`` of
+    ``config.architectures[0]``, SGLang's ``get_tokenizer``), in this process. HFRunner itself
+    forks a child that finds the class as ``getattr(transformers, ...)``: in the test run's process
+    (engines, servers and Streamlit threads alive, SGLang's kills of child processes taking the
+    resource tracker with them) that child died with exit code 1 and no traceback once in CI, so
+    the harness runs HFRunner's own output collection (``HFRunner.forward_generation_raw``) here."""
+    from sglang.srt.utils.hf_transformers_utils import get_tokenizer
 
     from megrez_sglang.reference import MegrezMoeForCausalLM
 
-    missing = object()
-    before = transformers.__dict__.get("MegrezMoeForCausalLM", missing)
-    start_method = multiprocessing.get_start_method(allow_none=True)
-    transformers.MegrezMoeForCausalLM = MegrezMoeForCausalLM
-    multiprocessing.set_start_method("fork", force=True)
-    try:
-        yield
-    finally:
-        multiprocessing.set_start_method(start_method, force=True)
-        if before is missing:
-            del transformers.MegrezMoeForCausalLM
-        else:
-            transformers.MegrezMoeForCausalLM = before
+    path = str(TRAINED_CHECKPOINT)
+    model = MegrezMoeForCausalLM.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=True).eval()
+    return model, get_tokenizer(path, trust_remote_code=False)
 
 
 def run_harness(dtype, prompts=PROMPTS, new_tokens: int = NEW_TOKENS, engine=None):
-    """(HFRunner's outputs, SRTRunner's outputs) on the trained checkpoint. HF runs first and is
-    stopped before SGLang starts, as in SGLang's test. With `engine` (an sglang.Engine of the
-    checkpoint in `dtype`, e.g. the test suite's pooled one) SRTRunner's own output collection
-    (``SRTRunner.forward_generation_raw``) runs on it instead of an SRTRunner starting one: an
-    SRTRunner's exit shuts its engine down with SGLang's kill of every child of the process."""
+    """(HFRunner's outputs, SRTRunner's outputs) on the trained checkpoint: both sides collected
+    by SGLang's own code (``HFRunner.forward_generation_raw`` on the reference model, see
+    load_hf_reference; ``SRTRunner.forward_generation_raw`` on an engine). HF runs first and its
+    model is dropped before SGLang starts, as in SGLang's test. With `engine` (an sglang.Engine of
+    the checkpoint in `dtype`, e.g. the test suite's pooled one) the SRT side runs on it instead of
+    an SRTRunner starting one: an SRTRunner's exit shuts its engine down with SGLang's kill of
+    every child of the process."""
+    import torch
     from sglang.test.runners import HFRunner, SRTRunner
 
     from megrez_sglang.cpu_runtime import configure_sglang_for_host
     from megrez_sglang.engine import CPU_MAX_TOTAL_TOKENS
     from megrez_sglang.server import free_port
 
-    path = str(TRAINED_CHECKPOINT)
-    with hf_class_visible_to_the_runner(), HFRunner(path, torch_dtype=dtype,
-                                                    model_type="generation") as hf:
-        hf_outputs = hf.forward(prompts, max_new_tokens=new_tokens)
+    model, tokenizer = load_hf_reference(dtype)
+    with torch.no_grad():
+        hf_outputs = HFRunner.forward_generation_raw(model, prompts, new_tokens, tokenizer, dtype)
+    del model
     if engine is not None:
         return hf_outputs, SRTRunner.forward_generation_raw(engine, prompts, max_new_tokens=new_tokens)
+    path = str(TRAINED_CHECKPOINT)
     srt_args = {}
     if configure_sglang_for_host() != "cuda":  # the CPU engine's settings (engine.engine_args)
         srt_args = dict(attention_backend="torch_native", max_total_tokens=CPU_MAX_TOTAL_TOKENS,
@@ -204,7 +198,6 @@ def main() -> int:
     p.add_argument("--out")
     args = p.parse_args()
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rows, record, runs = [], {"prompts": PROMPTS, "new_tokens": args.new_tokens, "harness": {}}, {}
     for name in args.dtypes.split(","):
@@ -218,9 +211,7 @@ def main() -> int:
     print_table("SGLang's harness: HFRunner vs SRTRunner, trained tiny checkpoint",
                 ["dtype", "prompt", "outputs equal", "max |d prefill|", "max |d decode|"], rows)
 
-    tokenizer = AutoTokenizer.from_pretrained(TRAINED_CHECKPOINT)
-    with hf_class_visible_to_the_runner():
-        model32 = AutoModelForCausalLM.from_pretrained(TRAINED_CHECKPOINT, dtype=torch.float32).eval()
+    model32, tokenizer = load_hf_reference(torch.float32)
     tie_rows, record["near_ties"] = [], {}
     for name, (_, srt) in runs.items():
         for prompt, srt_top in zip(PROMPTS, srt.top_input_logprobs, strict=True):

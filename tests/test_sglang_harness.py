@@ -40,7 +40,6 @@ def test_in_float16_the_one_prefill_disagreement_is_two_near_tie_routing_flips(e
     """SGLang's check fails in float16 on NEAR_TIE_PROMPT; the float32 reference with two of its
     closest routing decisions flipped lands on SGLang's float16 prefill within SGLang's tolerance."""
     from sglang.test.runners import check_close_model_outputs
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     engine = engines.get(str(TRAINED_CHECKPOINT), dtype="float16")
     hf, srt = hf_vs_srt.run_harness(torch.float16, prompts=[NEAR_TIE_PROMPT], engine=engine)
@@ -48,9 +47,8 @@ def test_in_float16_the_one_prefill_disagreement_is_two_near_tie_routing_flips(e
     with pytest.raises(AssertionError, match="prefill logprobs are not all close"):
         check_close_model_outputs(hf, srt, hf_vs_srt.PREFILL_TOLERANCE, hf_vs_srt.DECODE_TOLERANCE,
                                   hf_vs_srt.ROUGE_L_TOLERANCE)
-    with hf_vs_srt.hf_class_visible_to_the_runner():
-        model32 = AutoModelForCausalLM.from_pretrained(TRAINED_CHECKPOINT, dtype=torch.float32).eval()
-    ids = AutoTokenizer.from_pretrained(TRAINED_CHECKPOINT).encode(NEAR_TIE_PROMPT)
+    model32, tokenizer = hf_vs_srt.load_hf_reference(torch.float32)
+    ids = tokenizer.encode(NEAR_TIE_PROMPT)
     baseline, flips, explained = hf_vs_srt.explain_by_near_ties(ids, model32, srt.top_input_logprobs[0],
                                                                 candidates=4)
     assert baseline > 0.4
