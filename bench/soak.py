@@ -9,8 +9,12 @@ computes the percentiles, and writes its CSV files and HTML report (named at the
 mix is this project's own and lives in bench/soak_mix.py, the locustfile: chat, streamed chat, a
 /generate stream dropped after half of its tokens, a chat under a JSON schema, a regex-constrained
 /generate, a frontend-language program forking 3 branches (the docstring there says how each is
-checked). What this module keeps is what Locust does not do: starting the server, sampling the
-server's memory and CPU, the per-minute table and the verdicts.
+checked). A request the server sheds (429: launch_server.sh's work bound, docs/serving.md
+"Overload") is sent again after its Retry-After, as the openai client does by itself
+(bench/retry_after.py); only that: any other non-2xx answer or lost connection is an error. Its
+time includes the waits; the server log's count of 429s says how often that happened. What this
+module keeps is what Locust does not do: starting the server, sampling the server's memory and
+CPU, the per-minute table and the verdicts.
 
 Per minute (from Locust's stats history, written every second; each row's percentiles cover the
 minute before it) it prints requests served, failures, p50 and p99 latency, and, to read them on a
@@ -348,8 +352,9 @@ def soak(url: str, api_key: str | None, root_pid: int | None, where: str,
     start_rss = tree_usage(root_pid)[0] if root_pid is not None else None
     print(f"{args.clients} Locust users for {args.minutes:g} min against {url} (Locust's files: {files}) ...",
           flush=True)
+    # cwd: the checkout, whose bench package the locustfile imports (bench.retry_after)
     locust = subprocess.Popen(locust_command(url, args, csv_prefix, html), env=environment,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, cwd=LOCUSTFILE.parent.parent)
     history_path = Path(f"{csv_prefix}_stats_history.csv")
     deadline = time.time() + START_TIMEOUT_S
     t0 = None
@@ -444,7 +449,9 @@ def report(run: Soak, args: argparse.Namespace, model: str | None, log_path: Pat
           + (f"; {end['error']}" if "error" in end else ""))
     log = server_log(log_path, log_offset)
     if log is not None:
-        print(f"server log ({log_path}), during the soak: HTTP statuses {log['http_statuses']}, "
+        shed = log["http_statuses"].get("429", 0)
+        print(f"server log ({log_path}), during the soak: HTTP statuses {log['http_statuses']} "
+              f"({shed} requests shed with 429 and sent again after their Retry-After), "
               f"{log['failure_lines']} lines reporting failures"
               + "".join(f"\n  {l}" for l in log["first_failures"]))
     locust_failed = run.locust_status not in (0, 1) or (run.locust_status == 1 and not total["errors"])

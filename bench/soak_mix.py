@@ -34,6 +34,7 @@ import openai
 import requests
 from locust import User, constant, events, task
 
+from bench.retry_after import HTTPError, until_admitted  # Locust runs with the checkout as cwd
 from megrez_sglang.programs import answer_json_schema, endpoint, solve_math_self_consistent
 from megrez_sglang.server import SERVED_MODEL_NAME
 from megrez_sglang.tiny_corpus import choice_item, fact_items, random_math_key
@@ -58,11 +59,6 @@ class CheckFailed(Exception):
 
     def __init__(self, check: str, message: str):
         super().__init__(f"check {check}: {message}")
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, text: str):
-        super().__init__(f"HTTP {status}: {text[:300]}")
 
 
 class Prompts:
@@ -115,7 +111,8 @@ class Traffic:
         self.session = requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
-        # max_retries=0: a retried request would hide an error
+        # max_retries=0: the openai client would also resend 5xx answers and lost connections,
+        # hiding errors; a 429 is sent again by until_admitted (bench/retry_after.py)
         self.client = openai.OpenAI(base_url=f"{url}/v1", api_key=api_key or "none", max_retries=0,
                                     timeout=REQUEST_TIMEOUT_S)
         self.backend = endpoint(url, api_key=api_key)
@@ -125,7 +122,7 @@ class Traffic:
         if r.status_code != 200:
             text = r.text
             r.close()
-            raise HTTPError(r.status_code, text)
+            raise HTTPError(r.status_code, text, r.headers.get("Retry-After"))
         return r
 
     def chat(self, p: Prompts) -> None:
@@ -236,8 +233,8 @@ class SoakUser(User):
         kind = KINDS[self.next_kind % len(KINDS)]
         self.next_kind += 1
         start, failure = time.perf_counter(), None
-        try:
-            getattr(self.traffic, kind)(self.prompts)
+        try:  # timed with the waits a shed request (429) spends before it is sent again
+            until_admitted(lambda: getattr(self.traffic, kind)(self.prompts))
         except Exception as e:  # noqa: BLE001  (every failure is counted by Locust, none stops the user)
             failure = e
         # Locust's documented way to time a client of its own (its HttpUser would time only the
