@@ -1,6 +1,6 @@
 """Start SGLang's HTTP server (OpenAI-compatible API) for a Megrez2 checkpoint and supervise it.
 
-    python -m megrez_sglang.server [MODEL_PATH] [--host H] [--port P] [--tp N] [--dp N]
+    python -m megrez_sglang.serving.server [MODEL_PATH] [--host H] [--port P] [--tp N] [--dp N]
                                    [--nnodes N --node-rank R --dist-init-addr HOST:PORT]
                                    [--served-model-name NAME] [--shutdown-timeout S]
                                    [--max-n N] [--max-prompts N] [--max-request-tokens N]
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import psutil
 
+from ..model.model_path import ModelPathError, resolve_model_path
 from .cpu_runtime import configure_sglang_for_host
 from .engine import engine_args
-from .model_path import ModelPathError, resolve_model_path
-from .server_hardening import (
+from .hardening import (
     ADMIN_API_KEY_ENV,
     API_KEY_ENV,
     DEFAULT_DRAIN_TIMEOUT_S,
@@ -367,7 +367,7 @@ class ServerProcess:
         with ServerProcess(model, api_key="sk-...", admin_api_key="sk-admin-...") as server:
             requests.get(f"{server.url}/health")
 
-    `command` replaces ``python -m megrez_sglang.server`` (e.g. the path of launch_server.sh);
+    `command` replaces ``python -m megrez_sglang.serving.server`` (e.g. the path of launch_server.sh);
     `env` is added to this process's environment; the keys travel in it as MEGREZ_API_KEY /
     MEGREZ_ADMIN_API_KEY. The server's whole output (stdout and stderr) goes to `log_path` (or is
     discarded); stdout is read to the end so that the server never blocks on a full pipe.
@@ -381,7 +381,7 @@ class ServerProcess:
                  wait: bool = True):
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        command = list(command or [sys.executable, "-m", "megrez_sglang.server"])
+        command = list(command or [sys.executable, "-m", "megrez_sglang.serving.server"])
         argv = [*command, *([model] if model else []), "--host", host, "--port", str(self.port),
                 *args, *(["--", *extra] if extra else [])]
         keys = {API_KEY_ENV: api_key, ADMIN_API_KEY_ENV: admin_api_key}
