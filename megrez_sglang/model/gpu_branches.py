@@ -21,7 +21,7 @@ names SGLang's private module state; it is written for SGLang 0.5.23 and refuses
 
 How it is switched on: ``gpu_branch_environment()`` (before the engine starts) returns the two
 variables SGLang's processes need, ``TRITON_INTERPRET=1`` and ``MEGREZ_GPU_BRANCHES=1``; this
-package's SGLang plugin (registration.register, run in every SGLang process) then calls
+package's SGLang plugin (serving.registration.register, run in every SGLang process) then calls
 ``install()`` in the scheduler, where the model runs. It never activates where torch sees a GPU
 (there the real kernels run), and a refusal is one line (GpuBranchesRefused / SystemExit).
 

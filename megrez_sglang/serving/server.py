@@ -10,7 +10,7 @@
 
 (launch_server.sh is the user-facing wrapper.) Checks the model path, the keys and the port first,
 starts ``sglang serve`` in its own process group with this host's settings (see engine.py) and
-this project's hardening (server_hardening/: keys from MEGREZ_API_KEY / MEGREZ_ADMIN_API_KEY via
+this project's hardening (serving/hardening/: keys from MEGREZ_API_KEY / MEGREZ_ADMIN_API_KEY via
 the environment, control endpoints admin-only, token ids checked), prints the URL once /health
 answers, and then watches it:
 
@@ -183,7 +183,7 @@ def watch(process: subprocess.Popen, poll_s: float = 0.5) -> str:
 def stop(process: subprocess.Popen, grace_s: float) -> bool:
     """Stop the server and everything it started. SIGTERM goes to SGLang's server process only:
     its tokenizer manager then drains the requests in flight (with a deadline, see
-    server_hardening) and stops its scheduler and detokenizer (SIGTERM to the whole group would
+    serving/hardening) and stops its scheduler and detokenizer (SIGTERM to the whole group would
     kill the scheduler under running requests). Whatever is left of the process group after
     `grace_s` is SIGKILLed. True if it stopped in time."""
     in_time = True
