@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MEGREZ_DEVICE"] = args.device  # read when megrez_sglang configures SGLang
     try:
         import megrez_sglang  # noqa: F401  (configures SGLang for this host first)
-        from megrez_sglang.engine import start_engine
-        from megrez_sglang.model_path import ModelPathError, resolve_model_path
+        from megrez_sglang.model.model_path import ModelPathError, resolve_model_path
+        from megrez_sglang.serving.engine import start_engine
 
         model = resolve_model_path(args.model_path)
     except ModelPathError as e:

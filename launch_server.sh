@@ -17,4 +17,4 @@
 # tiny checkpoint (megrez_sglang/checkpoints/tiny-trained).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-exec "$root/scripts/run.sh" python -m megrez_sglang.server "$@"
+exec "$root/scripts/run.sh" python -m megrez_sglang.serving.server "$@"

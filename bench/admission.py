@@ -27,8 +27,8 @@ import time
 
 import requests
 
-from megrez_sglang.server import SERVED_MODEL_NAME, ServerProcess
-from megrez_sglang.server_hardening import API_KEY_ENV, DEFAULT_MAX_N
+from megrez_sglang.serving.hardening import API_KEY_ENV, DEFAULT_MAX_N
+from megrez_sglang.serving.server import SERVED_MODEL_NAME, ServerProcess
 
 from .report import print_table, write_json
 

@@ -1,4 +1,4 @@
-"""The model along SGLang's GPU branches on the CPU (megrez_sglang.gpu_branches: Triton kernels in
+"""The model along SGLang's GPU branches on the CPU (megrez_sglang.model.gpu_branches: Triton kernels in
 Triton's interpreter) against the float32 reference: configs x dtypes x tensor parallelism.
 
     python -m bench.gpu_branches [--configs shipped,rsf2.5,group2,unnormalised] [--dtypes float32,float16]
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host)
-from megrez_sglang import gpu_branches
-from megrez_sglang.fidelity import compare_greedy, prompt_ids, reference_greedy, sglang_greedy
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.model import gpu_branches
+from megrez_sglang.model.fidelity import compare_greedy, prompt_ids, reference_greedy, sglang_greedy
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
 
 from .report import print_table, write_json
 
@@ -51,7 +51,7 @@ def config_copy(root: Path, name: str, fields: dict) -> str:
 
 
 def run_row(path: str, dtype: str, tp: int, prompts, reference, new_tokens: int) -> dict:
-    from megrez_sglang.engine import raise_engine_start_error, start_engine
+    from megrez_sglang.serving.engine import raise_engine_start_error, start_engine
 
     trace = Path(tempfile.mkdtemp()) / "trace.txt"
     os.environ[gpu_branches.TRACE_ENV] = str(trace)

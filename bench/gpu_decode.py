@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host)
-from megrez_sglang.build_checkpoint import build_checkpoint
-from megrez_sglang.config import MegrezMoeConfig
-from megrez_sglang.engine import start_engine
-from megrez_sglang.param_count import count_parameters
+from megrez_sglang.model.build_checkpoint import build_checkpoint
+from megrez_sglang.model.config import MegrezMoeConfig
+from megrez_sglang.model.param_count import count_parameters
+from megrez_sglang.serving.engine import start_engine
 
 from .report import print_table, write_json
 

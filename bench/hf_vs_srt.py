@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host, before sglang)
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
 
 from .report import print_table, write_json
 
@@ -44,7 +44,7 @@ def load_hf_reference(dtype):
     the harness runs HFRunner's own output collection (``HFRunner.forward_generation_raw``) here."""
     from sglang.srt.utils.hf_transformers_utils import get_tokenizer
 
-    from megrez_sglang.reference import MegrezMoeForCausalLM
+    from megrez_sglang.model.reference import MegrezMoeForCausalLM
 
     path = str(TRAINED_CHECKPOINT)
     model = MegrezMoeForCausalLM.from_pretrained(path, torch_dtype=dtype, low_cpu_mem_usage=True).eval()
@@ -62,9 +62,9 @@ def run_harness(dtype, prompts=PROMPTS, new_tokens: int = NEW_TOKENS, engine=Non
     import torch
     from sglang.test.runners import HFRunner, SRTRunner
 
-    from megrez_sglang.cpu_runtime import configure_sglang_for_host
-    from megrez_sglang.engine import CPU_MAX_TOTAL_TOKENS
-    from megrez_sglang.server import free_port
+    from megrez_sglang.serving.cpu_runtime import configure_sglang_for_host
+    from megrez_sglang.serving.engine import CPU_MAX_TOTAL_TOKENS
+    from megrez_sglang.serving.server import free_port
 
     model, tokenizer = load_hf_reference(dtype)
     with torch.no_grad():
@@ -130,7 +130,7 @@ def recorded_routing(model, ids, force: dict | None = None):
     runner-up replaces the k-th expert (weights by the reference's rule on the new set)."""
     import torch
 
-    from megrez_sglang import reference
+    from megrez_sglang.model import reference
 
     record, layer_of = {}, {}
     for i, layer in enumerate(model.model.layers):

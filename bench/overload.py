@@ -28,8 +28,8 @@ from datetime import datetime
 import psutil
 import requests
 
-from megrez_sglang.server import SERVED_MODEL_NAME, ServerProcess
-from megrez_sglang.server_hardening import DEFAULT_MAX_N
+from megrez_sglang.serving.hardening import DEFAULT_MAX_N
+from megrez_sglang.serving.server import SERVED_MODEL_NAME, ServerProcess
 
 from .report import print_table, write_json
 

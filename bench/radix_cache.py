@@ -20,8 +20,8 @@ from pathlib import Path
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host)
 from eval.benchmark import data_dir_from_env
-from megrez_sglang.build_checkpoint import cached_checkpoint
-from megrez_sglang.engine import start_engine
+from megrez_sglang.model.build_checkpoint import cached_checkpoint
+from megrez_sglang.serving.engine import start_engine
 
 from .report import print_table, write_json
 

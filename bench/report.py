@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from megrez_sglang.provenance import git_revision, package_versions
+from megrez_sglang.model.provenance import git_revision, package_versions
 
 RESULTS_DIR = Path(__file__).with_name("results")
 

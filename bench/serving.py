@@ -8,7 +8,7 @@ first token and inter-token latency at concurrency 1, 8 and 32.
 
 Without --base-url it serves --model (default: the `small` checkpoint) for the duration of the
 run: with launch_server.sh, or with --replicas (e.g. `1,2`) once per K with
-`python -m megrez_sglang.cluster --replicas K` (K local workers behind sglang-router, each K in
+`python -m megrez_sglang.serving.cluster --replicas K` (K local workers behind sglang-router, each K in
 turn, so that the rows compare K replicas on the same machine). --base-url measures a running
 server or router; MEGREZ_API_KEY, when set, is sent as its bearer key. Requests: the
 `random-ids` dataset (fixed lengths, nothing downloaded).
@@ -24,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from megrez_sglang.cluster import POLICIES
-from megrez_sglang.server import SERVED_MODEL_NAME, ServerProcess
-from megrez_sglang.server_hardening import API_KEY_ENV
+from megrez_sglang.serving.cluster import POLICIES
+from megrez_sglang.serving.hardening import API_KEY_ENV
+from megrez_sglang.serving.server import SERVED_MODEL_NAME, ServerProcess
 
 from .report import print_table, write_json
 
@@ -40,7 +40,7 @@ def start(model: str, replicas: int | None, policy: str) -> ServerProcess:
     local run."""
     if replicas is None:
         return ServerProcess(model, env={API_KEY_ENV: ""})
-    return ServerProcess(model, command=[sys.executable, "-m", "megrez_sglang.cluster"],
+    return ServerProcess(model, command=[sys.executable, "-m", "megrez_sglang.serving.cluster"],
                          args=["--replicas", str(replicas), "--policy", policy], env={API_KEY_ENV: ""})
 
 
@@ -71,7 +71,7 @@ def main() -> int:
     p.add_argument("--model")
     p.add_argument("--base-url", help="a running server or router to measure (nothing is started)")
     p.add_argument("--replicas", help="comma-separated worker counts: serve --model with "
-                   "megrez_sglang.cluster once per count (e.g. 1,2)")
+                   "megrez_sglang.serving.cluster once per count (e.g. 1,2)")
     p.add_argument("--policy", choices=POLICIES, default="cache_aware", help="the router's (with --replicas)")
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--input-len", type=int, default=256)
@@ -89,7 +89,7 @@ def main() -> int:
             p.error(f"--replicas counts must be >= 1, got {args.replicas}")
     if args.model is None and args.base_url is None:
         import megrez_sglang  # noqa: F401
-        from megrez_sglang.build_checkpoint import cached_checkpoint
+        from megrez_sglang.model.build_checkpoint import cached_checkpoint
 
         args.model = str(cached_checkpoint("small"))
     rows, records = [], []
@@ -109,7 +109,7 @@ def main() -> int:
         finally:
             if server is not None:
                 server.stop()
-    target = "launch_server.sh" if args.replicas is None else f"megrez_sglang.cluster ({args.policy})"
+    target = "launch_server.sh" if args.replicas is None else f"megrez_sglang.serving.cluster ({args.policy})"
     print_table(f"sglang.benchmark.serving against {target} ({args.model or args.base_url}; "
                 f"{args.input_len} in / {args.output_len} out tokens)",
                 ([] if args.replicas is None else ["replicas"]) +

@@ -55,9 +55,9 @@ from pathlib import Path
 import psutil
 import requests
 
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
-from megrez_sglang.server import ServerProcess
-from megrez_sglang.server_hardening import API_KEY_ENV
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.serving.hardening import API_KEY_ENV
+from megrez_sglang.serving.server import ServerProcess
 
 from .report import print_table, write_json
 
@@ -222,8 +222,9 @@ def short_name(title: str) -> str:
     """A server process's role, from its command line (SGLang's workers name themselves)."""
     if title.startswith("sglang::"):
         return title.split()[0].removeprefix("sglang::")
-    for mark, name in (("megrez_sglang.server", "supervisor"), ("sglang.cli.main", "sglang serve"),
-                       ("megrez_sglang.cluster", "cluster"), ("megrez_sglang.gateway", "router"),
+    for mark, name in (("megrez_sglang.serving.server", "supervisor"), ("sglang.cli.main", "sglang serve"),
+                       ("megrez_sglang.serving.cluster", "cluster"),
+                       ("megrez_sglang.serving.gateway", "router"),
                        ("multiprocessing.resource_tracker", "resource tracker")):
         if mark in title:
             return name

@@ -36,8 +36,8 @@ from locust import User, constant, events, task
 
 from bench.retry_after import HTTPError, until_admitted  # Locust runs with the checkout as cwd
 from megrez_sglang.programs import answer_json_schema, endpoint, solve_math_self_consistent
-from megrez_sglang.server import SERVED_MODEL_NAME
-from megrez_sglang.tiny_corpus import choice_item, fact_items, random_math_key
+from megrez_sglang.serving.server import SERVED_MODEL_NAME
+from megrez_sglang.training.tiny_corpus import choice_item, fact_items, random_math_key
 
 # stats_history.csv's percentiles are over a sliding window of the last N seconds; one minute
 # makes each row read a minute's p50/p99 (locust.stats documents these module settings for

@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host)
-from megrez_sglang.build_checkpoint import cached_checkpoint
-from megrez_sglang.engine import start_engine
+from megrez_sglang.model.build_checkpoint import cached_checkpoint
 from megrez_sglang.programs.grammars import (
     BACKEND_SUPPORTS,
     BOXED_EBNF,
     BOXED_MAX_TOKENS,
     BOXED_REGEX,
 )
+from megrez_sglang.serving.engine import start_engine
 
 from .report import print_table, write_json
 

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from megrez_sglang.provenance import git_revision, package_versions
+from megrez_sglang.model.provenance import git_revision, package_versions
 
 from . import BENCHMARKS, CARD_BENCHMARKS
 from .benchmark import DATA_DIR_ENV, BenchmarkDataError, data_dir_from_env
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     runtime = None
     if args.model:
         import megrez_sglang  # noqa: F401  (configures SGLang for this host)
-        from megrez_sglang.model_path import ModelPathError, resolve_model_path
+        from megrez_sglang.model.model_path import ModelPathError, resolve_model_path
         from megrez_sglang.programs import runtime as start_runtime
 
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 
-from megrez_sglang.prompts import choice_prompt
+from megrez_sglang.model.prompts import choice_prompt
 
 from .benchmark import Item, accuracy_by, mean, require_file
 from .choice import ChoiceBenchmark

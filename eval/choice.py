@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megrez_sglang.answers import extract_choice, majority_answer
+from megrez_sglang.programs.answers import extract_choice, majority_answer
 
 from .benchmark import Benchmark, mean
 

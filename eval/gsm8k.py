@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import re
 
-from megrez_sglang.answers import last_boxed, majority_answer, normalize_text
-from megrez_sglang.prompts import math_prompt
+from megrez_sglang.model.prompts import math_prompt
+from megrez_sglang.programs.answers import last_boxed, majority_answer, normalize_text
 
 from .benchmark import Benchmark, Item, mean, require_file
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 
-from megrez_sglang.prompts import load_prompt
+from megrez_sglang.model.prompts import load_prompt
 
 from .benchmark import Item, require_file
 from .code import CodeBenchmark, first_code_block

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from megrez_sglang.answers import last_boxed, majority_answer, math_equivalent
-from megrez_sglang.prompts import math_prompt
+from megrez_sglang.model.prompts import math_prompt
+from megrez_sglang.programs.answers import last_boxed, majority_answer, math_equivalent
 
 from .benchmark import Benchmark, Item, accuracy_by, mean, require_file
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from megrez_sglang.prompts import load_prompt
+from megrez_sglang.model.prompts import load_prompt
 
 from .benchmark import Item, require_file
 from .code import CodeBenchmark, first_code_block

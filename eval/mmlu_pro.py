@@ -7,7 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 
-from megrez_sglang.prompts import choice_prompt, option_letters
+from megrez_sglang.model.prompts import choice_prompt, option_letters
 
 from .benchmark import Item, accuracy_by, mean, require_file
 from .choice import ChoiceBenchmark

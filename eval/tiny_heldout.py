@@ -1,7 +1,7 @@
 """The trained tiny checkpoint's held-out split: a one-minute smoke test of any server.
 
 Two benchmarks, generated (no data files) by the generator the tiny model was trained with
-(``megrez_sglang.tiny_corpus``), from numbers and items it never saw:
+(``megrez_sglang.training.tiny_corpus``), from numbers and items it never saw:
 
 * ``tiny_math``: 64 two-digit addition / subtraction word problems and computations, half
   Chinese, half English, with the card's math instruction; the answer is the last ``\\boxed{}``,
@@ -16,8 +16,8 @@ both; a random-weight checkpoint scores about 0 % and 25 %. Not among the card's
 
 from __future__ import annotations
 
-from megrez_sglang.answers import last_boxed
-from megrez_sglang.tiny_corpus import held_out_items
+from megrez_sglang.programs.answers import last_boxed
+from megrez_sglang.training.tiny_corpus import held_out_items
 
 from .benchmark import Benchmark, Item, mean
 from .choice import ChoiceBenchmark
@@ -55,7 +55,7 @@ class TinyMath(Benchmark):
         return last_boxed(text)
 
     def grade(self, item, samples):
-        from megrez_sglang.answers import majority_answer
+        from megrez_sglang.programs.answers import majority_answer
 
         answer, votes = majority_answer([s.answer for s in samples], same_number)
         return {"correct": float(same_number(item.gold, answer)), "voted": answer, "votes": votes,

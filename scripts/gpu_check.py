@@ -312,9 +312,9 @@ def topk_step(json_path: Path, tokens: int = TOPK_TOKENS) -> int:
         return 2
     import megrez_sglang  # noqa: F401  (before sglang)
     from bench.report import write_json
-    from megrez_sglang.config import MegrezMoeConfig
-    from megrez_sglang.routing_peers import compare_with_reference
-    from megrez_sglang.server import free_port
+    from megrez_sglang.model.config import MegrezMoeConfig
+    from megrez_sglang.model.routing_peers import compare_with_reference
+    from megrez_sglang.serving.server import free_port
     from megrez_sglang.sglang_models.megrez_moe import MegrezMoeSparseBlock
 
     dispatched: list[str] = []  # the kernels SGLang's TopK called, in order
@@ -413,9 +413,9 @@ def fidelity_step(json_path: Path) -> int:
 
     import megrez_sglang  # noqa: F401  (before sglang)
     from bench.report import write_json
-    from megrez_sglang import fidelity
-    from megrez_sglang.build_checkpoint import build_checkpoint
-    from megrez_sglang.engine import start_engine
+    from megrez_sglang.model import fidelity
+    from megrez_sglang.model.build_checkpoint import build_checkpoint
+    from megrez_sglang.serving.engine import start_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         path = str(build_checkpoint(Path(tmp) / "hd128", "tiny", overrides=FIDELITY_CHECKPOINT))

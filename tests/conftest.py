@@ -23,9 +23,9 @@ import pytest
 import torch
 
 import megrez_sglang  # noqa: F401  (configures SGLang for this host before it is imported)
-from megrez_sglang.build_checkpoint import build_checkpoint
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
-from megrez_sglang.server import ServerProcess, free_port
+from megrez_sglang.model.build_checkpoint import build_checkpoint
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.serving.server import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-123456"  # the card's example key
@@ -127,7 +127,7 @@ class EnginePool:
         self.key, self.engine = None, None
 
     def get(self, model_path: str, **kwargs):
-        from megrez_sglang.engine import start_engine
+        from megrez_sglang.serving.engine import start_engine
 
         key = (model_path, tuple(sorted(kwargs.items())))
         if key != self.key and _shared_servers:

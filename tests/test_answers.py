@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from megrez_sglang.answers import extract_choice, last_boxed, majority_answer, math_equivalent
+from megrez_sglang.programs.answers import extract_choice, last_boxed, majority_answer, math_equivalent
 
 BOXED = [
     (r"so \boxed{5}", "5"),

@@ -16,7 +16,7 @@ import sglang.lang.backend.runtime_endpoint as runtime_endpoint
 
 from megrez_sglang.programs import endpoint
 from megrez_sglang.programs.chat_template import ChatTemplateError
-from megrez_sglang.server import ServerProcess
+from megrez_sglang.serving.server import ServerProcess
 
 from .conftest import API_KEY
 from .test_chat_template import CONVERSATIONS, TEMPLATES, checkpoint_with_template

@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from megrez_sglang.build_checkpoint import build_checkpoint, read_weights
-from megrez_sglang.config import MegrezMoeConfig
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.model.build_checkpoint import build_checkpoint, read_weights
+from megrez_sglang.model.config import MegrezMoeConfig
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
 
 from .test_reference_model import expected_tensor_names
 
@@ -96,7 +96,7 @@ def test_real_config_preset_writes_config_and_tokenizer_only(tmp_path):
 
 
 def test_cli_overrides_fields_and_rejects_bad_ones(tmp_path, capsys):
-    from megrez_sglang.build_checkpoint import main
+    from megrez_sglang.model.build_checkpoint import main
 
     assert main([str(tmp_path / "x"), "--set", "num_key_value_heads=1", "--set", "pre_gate=false",
                  "--set", "routed_scaling_factor=2.5"]) == 0
@@ -162,7 +162,7 @@ def test_chat_template_renders_the_megrez_format(tiny_checkpoint):
 def test_automodel_loads_the_tiny_checkpoint_and_generates(tiny_checkpoint):
     tok = AutoTokenizer.from_pretrained(tiny_checkpoint)
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
-    assert type(model).__module__ == "megrez_sglang.reference"
+    assert type(model).__module__ == "megrez_sglang.model.reference"
     assert model.model.layers[1].mlp.gate.e_score_correction_bias.dtype == torch.float32
     ids = tok("世界上最高的山峰是", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=12, do_sample=False)

@@ -1,6 +1,6 @@
 """Beyond one server, on CPU with the tiny checkpoint: data-parallel replicas inside one server
 (launch_server.sh --dp 2), one model over two "machines" (--nnodes 2, both on this one), and two
-workers behind SGLang's router (python -m megrez_sglang.cluster), started once for the module. A
+workers behind SGLang's router (python -m megrez_sglang.serving.cluster), started once for the module. A
 second router (round-robin) is put over the same two workers; the last tests kill a worker, then
 stop the cluster. One server or cluster is alive at a time."""
 
@@ -22,17 +22,17 @@ import psutil
 import pytest
 import requests
 
-import megrez_sglang.cluster
-import megrez_sglang.server
-from megrez_sglang.cluster import local_worker_environment
-from megrez_sglang.engine import CPU_THREADS_BIND_ENV, cpu_threads_binding
-from megrez_sglang.gateway import router_args
-from megrez_sglang.server import ServerProcess, is_alive, process_title
-from megrez_sglang.server_hardening import KeyConfigurationError
+import megrez_sglang.serving.cluster
+import megrez_sglang.serving.server
+from megrez_sglang.serving.cluster import local_worker_environment
+from megrez_sglang.serving.engine import CPU_THREADS_BIND_ENV, cpu_threads_binding
+from megrez_sglang.serving.gateway import router_args
+from megrez_sglang.serving.hardening import KeyConfigurationError
+from megrez_sglang.serving.server import ServerProcess, is_alive, process_title
 
 from .conftest import ADMIN_KEY, API_KEY, ROOT
 
-CLUSTER = [sys.executable, "-m", "megrez_sglang.cluster"]
+CLUSTER = [sys.executable, "-m", "megrez_sglang.serving.cluster"]
 
 
 def bearer(key: str | None) -> dict[str, str]:
@@ -57,7 +57,7 @@ def test_the_cpu_thread_binding_gives_each_rank_its_own_cores():
 
 
 def test_dp_ranks_get_a_binding_and_a_callers_binding_wins(monkeypatch, tmp_path):
-    from megrez_sglang.engine import engine_args
+    from megrez_sglang.serving.engine import engine_args
 
     monkeypatch.delenv(CPU_THREADS_BIND_ENV, raising=False)
     args = engine_args(str(tmp_path), device="cpu", tp_size=2, dp_size=2)
@@ -69,7 +69,7 @@ def test_dp_ranks_get_a_binding_and_a_callers_binding_wins(monkeypatch, tmp_path
 
 
 def test_each_machine_binds_only_the_ranks_it_runs(monkeypatch, tmp_path):
-    from megrez_sglang.engine import engine_args
+    from megrez_sglang.serving.engine import engine_args
 
     monkeypatch.delenv(CPU_THREADS_BIND_ENV, raising=False)
     args = engine_args(str(tmp_path), device="cpu", tp_size=4, nnodes=2)
@@ -87,16 +87,16 @@ def test_each_machine_binds_only_the_ranks_it_runs(monkeypatch, tmp_path):
 ])
 def test_several_machines_flags_that_cannot_work_are_refused(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        megrez_sglang.server.parse_args(flags)
+        megrez_sglang.serving.server.parse_args(flags)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_the_cluster_refuses_worker_urls_that_are_not_a_servers_base_url(capsys):
     for url in ("10.0.0.2:30000", "http://10.0.0.2:30000/v1"):
         with pytest.raises(SystemExit):
-            megrez_sglang.cluster.parse_args(["--replicas", "0", "--worker-url", url])
+            megrez_sglang.serving.cluster.parse_args(["--replicas", "0", "--worker-url", url])
         assert f"--worker-url {url!r} is not a server's base URL" in capsys.readouterr().err
-    args, _ = megrez_sglang.cluster.parse_args(["--replicas", "0", "--worker-url", "http://10.0.0.2:30000/"])
+    args, _ = megrez_sglang.serving.cluster.parse_args(["--replicas", "0", "--worker-url", "http://10.0.0.2:30000/"])
     assert args.worker_url == ["http://10.0.0.2:30000"]
 
 
@@ -130,11 +130,11 @@ def test_the_cluster_refuses_a_key_flag_and_flags_it_sets_itself(monkeypatch, ca
     def nothing_starts(*args, **kwargs):
         raise AssertionError("the cluster started a process")
 
-    monkeypatch.setattr(megrez_sglang.cluster.subprocess, "Popen", nothing_starts)
-    monkeypatch.setattr(megrez_sglang.server.subprocess, "Popen", nothing_starts)
+    monkeypatch.setattr(megrez_sglang.serving.cluster.subprocess, "Popen", nothing_starts)
+    monkeypatch.setattr(megrez_sglang.serving.server.subprocess, "Popen", nothing_starts)
     for extra, message in ((["--api-key", "sk-visible"], "--api-key would put the key on the command line"),
                            (["--base-gpu-id", "3"], "--base-gpu-id is set by the cluster")):
-        assert megrez_sglang.cluster.main(["--replicas", "1", "--", *extra]) == 2
+        assert megrez_sglang.serving.cluster.main(["--replicas", "1", "--", *extra]) == 2
         assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"cluster: error: {message}")
 
 
@@ -201,7 +201,7 @@ def test_a_server_with_dp_2_answers_from_both_replicas(tiny_checkpoint, tmp_path
 def test_one_model_over_two_nodes_serves_from_node_0(tiny_checkpoint, tmp_path):
     """--nnodes 2 on one machine: the two "machines" are two launch_server.sh processes, tensor
     parallel rank 1 on node 1, joined at node 0's --dist-init-addr (docs/parallelism.md's commands)."""
-    from megrez_sglang.server import free_port
+    from megrez_sglang.serving.server import free_port
 
     nodes = ["--tp", "2", "--nnodes", "2", "--dist-init-addr", f"127.0.0.1:{free_port('127.0.0.1')}"]
     command = [str(ROOT / "launch_server.sh")]
@@ -232,7 +232,7 @@ def test_one_model_over_two_nodes_serves_from_node_0(tiny_checkpoint, tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster(tiny_checkpoint, tmp_path_factory):
-    """python -m megrez_sglang.cluster: two local workers (metrics on, to count what each
+    """python -m megrez_sglang.serving.cluster: two local workers (metrics on, to count what each
     served), cache-aware routing, the API key and an admin key."""
     logs = tmp_path_factory.mktemp("cluster")
     started = time.monotonic()
@@ -385,8 +385,8 @@ def test_the_self_consistency_program_runs_through_the_router_unchanged(cluster)
     """Twice: on a cold cache SGLang 0.5.23 prefills the k branches side by side (no branch finds
     the prompt cached, on one server too); the second run's branches find it on the worker that
     served the first, because cache-aware routing sent every request of both runs there."""
-    from megrez_sglang.answers import math_equivalent
     from megrez_sglang.programs import endpoint, solve_math_self_consistent
+    from megrez_sglang.programs.answers import math_equivalent
 
     backend = endpoint(cluster.url, api_key=API_KEY)
     votes = []

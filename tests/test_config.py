@@ -7,9 +7,9 @@ import shutil
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from megrez_sglang.build_checkpoint import main as build_checkpoint_main
-from megrez_sglang.config import MegrezMoeConfig
-from megrez_sglang.model_path import ModelPathError, resolve_model_path
+from megrez_sglang.model.build_checkpoint import main as build_checkpoint_main
+from megrez_sglang.model.config import MegrezMoeConfig
+from megrez_sglang.model.model_path import ModelPathError, resolve_model_path
 
 
 def test_defaults_are_the_real_model():
@@ -177,12 +177,12 @@ def test_the_checkpoint_builder_refuses_an_unsupported_value(tmp_path, capsys):
 def test_a_config_json_lacking_a_guessed_field_warns_naming_it(tmp_path, caplog):
     legacy = MegrezMoeConfig().legacy_dict()
     (tmp_path / "config.json").write_text(json.dumps(legacy))
-    with caplog.at_level("WARNING", logger="megrez_sglang.config"):
+    with caplog.at_level("WARNING", logger="megrez_sglang.model.config"):
         AutoConfig.from_pretrained(tmp_path)
     assert caplog.records == []  # every field present: nothing guessed
     del legacy["rms_norm_eps"], legacy["rope_theta"]
     (tmp_path / "config.json").write_text(json.dumps(legacy))
-    with caplog.at_level("WARNING", logger="megrez_sglang.config"):
+    with caplog.at_level("WARNING", logger="megrez_sglang.model.config"):
         loaded = AutoConfig.from_pretrained(tmp_path)
     assert [r.getMessage() for r in caplog.records] == [
         "Megrez2 config.json has no rope_theta, rms_norm_eps: using the guessed default(s) "

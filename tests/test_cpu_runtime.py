@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import megrez_sglang
-from megrez_sglang import cpu_runtime
+from megrez_sglang.serving import cpu_runtime
 
 pytestmark = pytest.mark.skipif(megrez_sglang.DEVICE != "cpu", reason="CPU-host behaviour")
 
@@ -52,10 +52,10 @@ def test_sglang_sees_a_cpu_host_without_amx_kernels():
 
 
 def test_the_readmes_eval_line_exports_the_settings_for_sglangs_own_entry_points():
-    """`eval "$(python -m megrez_sglang.cpu_env)"` in a shell, as README.md says, from a
+    """`eval "$(python -m megrez_sglang.serving.cpu_env)"` in a shell, as README.md says, from a
     clean environment: the variables arrive, and nothing is printed on stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SGLANG_") and k != "PYTHONPATH"}
-    script = ('eval "$(python -m megrez_sglang.cpu_env)" && '
+    script = ('eval "$(python -m megrez_sglang.serving.cpu_env)" && '
               'echo "$SGLANG_USE_CPU_ENGINE $SGLANG_EXTERNAL_MODEL_PACKAGE ${PYTHONPATH%%:*}"')
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120,
                        cwd=tempfile.gettempdir())

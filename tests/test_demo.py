@@ -26,9 +26,9 @@ from streamlit.testing.v1 import AppTest
 from megrez_sglang.demo.__main__ import PAGE, parse_args, streamlit_options
 from megrez_sglang.demo.replies import SERVER_URL_ENV
 from megrez_sglang.programs.openai_recipes import openai_choice, openai_math
-from megrez_sglang.server import free_port
-from megrez_sglang.server_hardening import API_KEY_ENV
-from megrez_sglang.tiny_corpus import CARD_CHAT, held_out_items
+from megrez_sglang.serving.hardening import API_KEY_ENV
+from megrez_sglang.serving.server import free_port
+from megrez_sglang.training.tiny_corpus import CARD_CHAT, held_out_items
 
 from .conftest import API_KEY, ROOT
 

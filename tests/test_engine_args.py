@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from megrez_sglang.config import MegrezMoeConfig
-from megrez_sglang.engine import TRAINED_CONTEXT_LENGTH, engine_args
-from megrez_sglang.server import sglang_flags
+from megrez_sglang.model.config import MegrezMoeConfig
+from megrez_sglang.serving.engine import TRAINED_CONTEXT_LENGTH, engine_args
+from megrez_sglang.serving.server import sglang_flags
 
 
 @pytest.fixture

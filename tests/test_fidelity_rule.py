@@ -4,7 +4,7 @@ except at a tie of the reference's logits, reported at the first divergence."""
 import pytest
 import torch
 
-from megrez_sglang.fidelity import Greedy, assert_same_greedy, compare_greedy
+from megrez_sglang.model.fidelity import Greedy, assert_same_greedy, compare_greedy
 
 
 def reference(tokens, logits_at):

@@ -1,5 +1,5 @@
 """The GPU-branch mode's torch stand-ins, each against the contract of the CUDA kernel it replaces,
-and the mode's refusals (megrez_sglang.gpu_branches).
+and the mode's refusals (megrez_sglang.model.gpu_branches).
 
 Contracts: the explicit values of each kernel's documented convention (quick lane), and, where
 SGLang has a Triton kernel with the same contract, that kernel run in Triton's interpreter in a
@@ -16,8 +16,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megrez_sglang import gpu_branches
-from megrez_sglang.gpu_branches import GpuBranchesRefused, moe_align_block_size, moe_sum_reduce, silu_and_mul
+from megrez_sglang.model import gpu_branches
+from megrez_sglang.model.gpu_branches import (
+    GpuBranchesRefused,
+    moe_align_block_size,
+    moe_sum_reduce,
+    silu_and_mul,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +95,7 @@ def test_moe_sum_reduce_sums_over_topk_and_scales():
 ORACLE = r"""
 import sys, torch
 import megrez_sglang
-from megrez_sglang.gpu_branches import moe_align_block_size, moe_sum_reduce
+from megrez_sglang.model.gpu_branches import moe_align_block_size, moe_sum_reduce
 from sglang.kernels.ops.moe.moe_align_small_numel import moe_align_small_numel
 from sglang.kernels.ops.moe.fused_moe_triton_kernels import moe_sum_reduce_triton
 torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The model along SGLang's GPU branches, on the CPU (megrez_sglang.gpu_branches: the Triton
+"""The model along SGLang's GPU branches, on the CPU (megrez_sglang.model.gpu_branches: the Triton
 kernels in Triton's interpreter), against the float32 reference: the trained tiny checkpoint, its
 shipped config in float32, a routing variant in float16, constrained decoding with the Triton
 bitmask, and a negative control with the publisher's CUDA defect (the routed scaling factor given
@@ -12,15 +12,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from megrez_sglang import gpu_branches
-from megrez_sglang.fidelity import (
+from megrez_sglang.model import gpu_branches
+from megrez_sglang.model.fidelity import (
     assert_same_greedy,
     compare_greedy,
     prompt_ids,
     reference_greedy,
     sglang_greedy,
 )
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
 from megrez_sglang.programs.grammars import BOXED_REGEX, answer_json_schema_str
 
 PROMPTS = 2

@@ -132,7 +132,7 @@ def test_the_tuning_shape_stand_in_carries_megrez2s_expert_shapes():
     real model's values, and transformers parses it (as SGLang's get_config will)."""
     from transformers import AutoConfig
 
-    from megrez_sglang.config import MegrezMoeConfig
+    from megrez_sglang.model.config import MegrezMoeConfig
 
     standin = AutoConfig.for_model(**gpu_check.MOE_SHAPE_STANDIN)
     real = MegrezMoeConfig()

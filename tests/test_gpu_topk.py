@@ -15,8 +15,8 @@ these tests'.
 import pytest
 import torch
 
-from megrez_sglang.config import MegrezMoeConfig
-from megrez_sglang.routing_peers import compare_with_reference
+from megrez_sglang.model.config import MegrezMoeConfig
+from megrez_sglang.model.routing_peers import compare_with_reference
 
 HIDDEN, EXPERTS, TOP_K = 32, 64, 6  # Megrez2's 64 experts, top-6; a small hidden size
 
@@ -165,7 +165,7 @@ def test_the_flashinfer_branch_routes_like_the_reference(sglang_world, monkeypat
 
 def reference_moe(block, config: MegrezMoeConfig):
     """The reference model's MoE layer holding the block's weights."""
-    from megrez_sglang.reference import MoE
+    from megrez_sglang.model.reference import MoE
 
     moe = MoE(config, is_owner=True)
     width = config.moe_intermediate_size
@@ -236,7 +236,7 @@ def test_flashinfers_grouping_with_every_group_kept_is_the_shipped_ungrouped_rou
 def test_the_comparison_counts_ties_and_flags_a_wrong_expert_or_a_scaled_weight():
     """compare_with_reference (the GPU check's yardstick) fails a route that picks another expert or
     folds a scaling factor into the weights, and forgives a swap between exactly tied experts."""
-    from megrez_sglang.reference import select_experts
+    from megrez_sglang.model.reference import select_experts
 
     config = megrez_config()
     _, logits = routing_inputs(tokens=8)

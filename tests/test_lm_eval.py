@@ -24,7 +24,7 @@ import torch
 from eval import BENCHMARKS
 from eval.gsm8k import gsm8k_number
 from eval.lm_eval_data import TASKS_DIR, jsonl
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
 
 from .conftest import API_KEY, HELD_OUT_ITEMS
 

@@ -17,11 +17,10 @@ import psutil
 import pytest
 import requests
 
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
-from megrez_sglang.server import ServerProcess, parse_args
-from megrez_sglang.server_hardening import hardened_server_environment
-from megrez_sglang.server_hardening.http_limits import ConnectionLimits, default_max_body_bytes
-from megrez_sglang.server_hardening.overload import (
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.serving.hardening import hardened_server_environment
+from megrez_sglang.serving.hardening.http_limits import ConnectionLimits, default_max_body_bytes
+from megrez_sglang.serving.hardening.overload import (
     OverloadLimits,
     WorkBound,
     longest_canonical_decomposition,
@@ -29,6 +28,7 @@ from megrez_sglang.server_hardening.overload import (
     request_work,
     tokenizer_bytes_per_token,
 )
+from megrez_sglang.serving.server import ServerProcess, parse_args
 
 from .conftest import API_KEY, ROOT
 
@@ -146,7 +146,7 @@ async def _reading_app(scope, receive, send):
 
 
 def test_body_size_limit_answers_413_before_reading_the_body():
-    from megrez_sglang.server_hardening.http_limits import BodySizeLimitMiddleware
+    from megrez_sglang.serving.hardening.http_limits import BodySizeLimitMiddleware
 
     middleware = BodySizeLimitMiddleware(_reading_app, max_body_bytes=100)
     sent, read = _asgi_call(middleware, _scope(headers=[(b"content-length", b"101")]), [b"x" * 101])
@@ -162,7 +162,7 @@ def test_generation_admission_sheds_past_the_bound_and_releases_when_done():
     import asyncio
     import json
 
-    from megrez_sglang.server_hardening.overload import GenerationAdmissionMiddleware
+    from megrez_sglang.serving.hardening.overload import GenerationAdmissionMiddleware
 
     gate = asyncio.Event()
 

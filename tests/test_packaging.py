@@ -14,7 +14,7 @@ from .conftest import ROOT
 PROGRAM = """
 import json, sys
 import megrez_sglang
-from megrez_sglang.prompts import PROMPTS_DIR, math_prompt
+from megrez_sglang.model.prompts import PROMPTS_DIR, math_prompt
 from megrez_sglang.programs import runtime, solve_math
 
 if __name__ == "__main__":
@@ -41,13 +41,13 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_carries_the_prompts_the_stand_in_and_the_plugin(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     prompts = sorted(p.name for p in (ROOT / "prompts").glob("*.txt"))
-    packaged = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("megrez_sglang/prompt_texts/"))
+    packaged = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("megrez_sglang/model/prompt_texts/"))
     assert packaged == prompts
     assert "megrez_sglang/cpu_compat/sgl_kernel/__init__.py" in names
-    assert "megrez_sglang/tokenizer/chat_template.jinja" in names
+    assert "megrez_sglang/model/tokenizer/chat_template.jinja" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     entry_points_txt = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "megrez_moe = megrez_sglang.registration:register" in entry_points_txt
+    assert "megrez_moe = megrez_sglang.serving.registration:register" in entry_points_txt
     assert not [n for n in names if n.startswith(("tests/", "eval/", "bench/"))]
 
 

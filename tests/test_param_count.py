@@ -1,8 +1,8 @@
 """Stored and activated parameters from the real config alone."""
 
 
-from megrez_sglang.config import MegrezMoeConfig
-from megrez_sglang.param_count import count_parameters
+from megrez_sglang.model.config import MegrezMoeConfig
+from megrez_sglang.model.param_count import count_parameters
 
 
 def test_real_config_stores_7_50b_with_experts_counted_once_per_group():
@@ -23,7 +23,7 @@ def test_real_config_activates_about_3_26b_per_token():
 
 
 def test_cli_prints_the_counts(capsys):
-    from megrez_sglang.param_count import main
+    from megrez_sglang.model.param_count import main
 
     assert main([]) == 0
     out = capsys.readouterr().out

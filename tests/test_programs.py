@@ -8,7 +8,7 @@ import re
 import openai
 import pytest
 
-from megrez_sglang.answers import extract_choice
+from megrez_sglang.model.prompts import option_letters
 from megrez_sglang.programs import (
     answer_choice,
     answer_choice_batch,
@@ -19,6 +19,7 @@ from megrez_sglang.programs import (
     solve_math_batch,
     solve_math_self_consistent,
 )
+from megrez_sglang.programs.answers import extract_choice
 from megrez_sglang.programs.choice import (
     REASONING_MAX_TOKENS,
     REASONING_STOPS,
@@ -28,7 +29,6 @@ from megrez_sglang.programs.choice import (
 from megrez_sglang.programs.grammars import answer_json_regex
 from megrez_sglang.programs.math import box_content
 from megrez_sglang.programs.openai_recipes import openai_choice, openai_math, server_grammar_backend
-from megrez_sglang.prompts import option_letters
 
 from .conftest import API_KEY
 
@@ -129,7 +129,7 @@ def test_math_self_consistency_serves_the_shared_prefix_from_the_cache(backend):
                                           reasoning_max_tokens=16, **SAMPLING)
     assert len(vote.samples) == 8 and all(s.answer is not None for s in vote.samples)
     assert len(vote.branch_cached_tokens) == 8 and min(vote.branch_cached_tokens) >= 40
-    from megrez_sglang.answers import math_equivalent
+    from megrez_sglang.programs.answers import math_equivalent
 
     assert vote.votes == sum(s.answer == vote.answer or math_equivalent(vote.answer, s.answer)
                              for s in vote.samples)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from megrez_sglang.config import MegrezMoeConfig
-from megrez_sglang.reference import MegrezMoeForCausalLM, MoE, select_experts
+from megrez_sglang.model.config import MegrezMoeConfig
+from megrez_sglang.model.reference import MegrezMoeForCausalLM, MoE, select_experts
 
 SMALL = dict(vocab_size=300, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
              num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2, head_dim=8,

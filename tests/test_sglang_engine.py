@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from megrez_sglang.fidelity import prompt_ids, sglang_greedy
+from megrez_sglang.model.fidelity import prompt_ids, sglang_greedy
 
 GREEDY = {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True}
 
@@ -45,7 +45,7 @@ def test_tensor_parallel_2_on_cpu_matches_tp_1(engines, tiny_checkpoint):
 ENGINE_SCRIPT = """
 import json, sys
 import megrez_sglang
-from megrez_sglang.engine import start_engine
+from megrez_sglang.serving.engine import start_engine
 if __name__ == "__main__":
     engine = start_engine(sys.argv[1], dtype="float32", log_level="error")
     out = engine.generate(input_ids=[[100, 200, 300]], sampling_params=json.loads(sys.argv[2]))
@@ -97,7 +97,7 @@ def test_a_broken_model_module_fails_loudly_instead_of_falling_back(tmp_path, ti
 def test_the_registry_gets_a_loud_stand_in_when_the_model_cannot_import(monkeypatch):
     from sglang.srt.models.registry import ModelRegistry
 
-    from megrez_sglang import registration
+    from megrez_sglang.serving import registration
 
     # None in sys.modules makes `import megrez_sglang.sglang_models.megrez_moe` raise ImportError
     monkeypatch.setitem(sys.modules, "megrez_sglang.sglang_models.megrez_moe", None)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from megrez_sglang.fidelity import (
+from megrez_sglang.model.fidelity import (
     PROMPTS,
     assert_same_greedy,
     prompt_ids,

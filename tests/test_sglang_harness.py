@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench import hf_vs_srt
-from megrez_sglang.model_path import TRAINED_CHECKPOINT
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT
 
 # SRTRunner's output collection on the engines lane's pooled engine (bench.hf_vs_srt.run_harness):
 # an SRTRunner of its own would start one more engine and, on exit, kill every child process of

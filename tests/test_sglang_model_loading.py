@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from megrez_sglang.config import MegrezMoeConfig
+from megrez_sglang.model.config import MegrezMoeConfig
 
 
 def build(path: str, dtype=torch.bfloat16):
@@ -188,7 +188,7 @@ def test_routing_matches_the_reference_for_every_supported_combination(sglang_wo
     """SGLang's TopK, as the sparse block configures it, picks the reference's experts with the
     reference's weights for every topk_method x scoring_func x norm_topk_prob x grouping that
     MegrezMoeConfig accepts (the others are refused there)."""
-    from megrez_sglang.reference import select_experts
+    from megrez_sglang.model.reference import select_experts
     from megrez_sglang.sglang_models.megrez_moe import MegrezMoeSparseBlock
 
     config = MegrezMoeConfig(hidden_size=16, num_attention_heads=2, num_key_value_heads=1, head_dim=8,

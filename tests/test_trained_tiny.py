@@ -23,12 +23,18 @@ from safetensors import safe_open
 
 from eval import BENCHMARKS
 from eval.benchmark import Sample
-from megrez_sglang.config import MegrezMoeConfig
-from megrez_sglang.fidelity import Greedy, compare_greedy, reference_greedy
-from megrez_sglang.model_path import TRAINED_CHECKPOINT, resolve_model_path
-from megrez_sglang.reference import checkpoint_layout
-from megrez_sglang.tiny_corpus import CARD_CHAT, CARD_COMPLETION, held_out_items, is_held_out, training_item
-from megrez_sglang.train_tiny import Encoder, Recipe, greedy_replies, train, write_trained_checkpoint
+from megrez_sglang.model.config import MegrezMoeConfig
+from megrez_sglang.model.fidelity import Greedy, compare_greedy, reference_greedy
+from megrez_sglang.model.model_path import TRAINED_CHECKPOINT, resolve_model_path
+from megrez_sglang.model.reference import checkpoint_layout
+from megrez_sglang.training.tiny_corpus import (
+    CARD_CHAT,
+    CARD_COMPLETION,
+    held_out_items,
+    is_held_out,
+    training_item,
+)
+from megrez_sglang.training.train_tiny import Encoder, Recipe, greedy_replies, train, write_trained_checkpoint
 
 from .conftest import HELD_OUT_ITEMS, ROOT, run_eval
 
@@ -91,7 +97,7 @@ def test_correction_biases_were_trained_per_layer():
 
 def test_provenance_says_trained_and_how():
     assert PROVENANCE["weights"] == "trained"
-    assert PROVENANCE["command"].startswith("python -m megrez_sglang.train_tiny ")
+    assert PROVENANCE["command"].startswith("python -m megrez_sglang.training.train_tiny ")
     assert f"--seed {PROVENANCE['seed']}" in PROVENANCE["command"]
     assert f"--threads {PROVENANCE['threads']}" in PROVENANCE["command"]
 
@@ -240,7 +246,7 @@ def sglang_tokens(output: dict) -> list[int]:
 
 def test_bf16_greedy_tokens_match_the_reference_on_held_out_prompts(engine_replies):
     """SGLang's greedy tokens (bfloat16) equal the reference model's (bfloat16) up to the reply's
-    stop token, allowing a divergence only at a documented near-tie (megrez_sglang.fidelity's rule)."""
+    stop token, allowing a divergence only at a documented near-tie (megrez_sglang.model.fidelity's rule)."""
     tok = load_tokenizer()
     stop_ids = {tok.convert_tokens_to_ids(t) for t in STOP_TOKENS}
     chosen = [r for kind in HELD_OUT for r in engine_replies[kind][:FIDELITY_ITEMS]]
@@ -282,7 +288,7 @@ def graded(kind: str, mode: str, engine_replies) -> dict:
 
 
 def well_formed(kind: str, text: str, letters) -> bool:
-    from megrez_sglang.answers import last_boxed
+    from megrez_sglang.programs.answers import last_boxed
 
     if kind == "math":
         boxed = last_boxed(text)

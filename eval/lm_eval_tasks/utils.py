@@ -1,6 +1,6 @@
 """What the tasks' YAML files call (`!function utils.NAME`): the held-out items from the JSONL files
 beside this one, and the answer filters. The filters read answers with the same functions as
-`python -m eval --free` (megrez_sglang.answers), so lm-eval's exact_match and the project's grading
+`python -m eval --free` (megrez_sglang.programs.answers), so lm-eval's exact_match and the project's grading
 agree item by item on the same replies; lm-eval's own request path (its chat-completions and
 completions clients, its stop and length handling) is what the comparison tests.
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 
 from eval.gsm8k import gsm8k_number  # the repository's eval package (on the path in its environment)
-from megrez_sglang.answers import extract_choice, last_boxed
+from megrez_sglang.programs.answers import extract_choice, last_boxed
 
 HERE = Path(__file__).resolve().parent
 NO_ANSWER = "[no answer]"  # never a gold answer
@@ -50,7 +50,7 @@ def boxed_number(resps, docs):
 
 
 def answer_letter(resps, docs):
-    """The letter each reply states (its answer object, or any phrasing megrez_sglang.answers
+    """The letter each reply states (its answer object, or any phrasing megrez_sglang.programs.answers
     reads), restricted to the item's letters."""
     return [[extract_choice(r, doc["letters"]) or NO_ANSWER for r in doc_resps]
             for doc_resps, doc in zip(resps, docs, strict=True)]

@@ -1,7 +1,7 @@
 """python -m megrez_sglang.demo [--server-url URL | --model PATH] [--host 127.0.0.1] [--port 8501]
 
 The demo page (page.py) on http://HOST:PORT. Without --server-url it first starts the SGLang
-server itself (megrez_sglang.server, what launch_server.sh runs) on MODEL, by default the
+server itself (megrez_sglang.serving.server, what launch_server.sh runs) on MODEL, by default the
 project's trained tiny checkpoint, so the first try needs no download; the server stops with the
 page (Ctrl-C). The API key: MEGREZ_API_KEY in the environment, for the started server and the page.
 """
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..server import ServerError, ServerProcess
+from ..serving.server import ServerError, ServerProcess
 from .replies import SERVER_URL_ENV
 
 PAGE = Path(__file__).with_name("page.py")

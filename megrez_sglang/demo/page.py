@@ -14,10 +14,10 @@ import time
 import streamlit as st
 
 from megrez_sglang.demo.replies import MODES, SERVER_URL_ENV, DemoClient, DemoError, parse_options
+from megrez_sglang.model.prompts import OPTION_LETTERS
 from megrez_sglang.programs.openai_recipes import CARD_SAMPLING
-from megrez_sglang.prompts import OPTION_LETTERS
-from megrez_sglang.server import DEFAULT_PORT
-from megrez_sglang.server_hardening import API_KEY_ENV
+from megrez_sglang.serving.hardening import API_KEY_ENV
+from megrez_sglang.serving.server import DEFAULT_PORT
 
 MODE_LABELS = {"chat": "Chat", "math": "Math (answer in \\boxed{})", "choice": "Multiple choice"}
 ANSWER_LABELS = {"math": "Answer", "choice": "Choice"}

@@ -19,7 +19,7 @@ import openai
 from ..programs.choice import ChoiceResult
 from ..programs.math import MathResult
 from ..programs.openai_recipes import CARD_SAMPLING, TextSink, chat_text, openai_choice, openai_math
-from ..server_hardening import API_KEY_ENV
+from ..serving.hardening import API_KEY_ENV
 
 MODES = ("chat", "math", "choice")
 SERVER_URL_ENV = "MEGREZ_DEMO_SERVER_URL"  # where the page finds the server (set by __main__)

@@ -6,7 +6,12 @@
 * chat format (chat_template.py): the served checkpoint's own chat template, for SGLang's lookup;
 * self-consistency for both (k forked samples sharing the prompt, majority vote), batch runners;
 * backends (backends.py): a running server, or ``sgl.Runtime`` in-process;
-* the same constraints for openai-client users (openai_recipes.py).
+* the same constraints for openai-client users (openai_recipes.py);
+* answer extraction from free text, math equivalence and majority vote (answers.py), shared
+  with the evaluation and the tiny model's training.
+
+The prompts they send are the model's (model/prompts.py): the checkpoint's chat template bakes
+in the default system prompt, so they sit below this package.
 """
 
 from .backends import endpoint, runtime

@@ -12,7 +12,7 @@ import time
 
 import sglang as sgl
 
-from ..engine import engine_args
+from ..serving.engine import engine_args
 from . import chat_template
 
 # How often a request the server sheds (429: launch_server.sh's work bound) is sent again, waiting

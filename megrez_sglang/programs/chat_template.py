@@ -19,7 +19,7 @@ Where the template comes from:
   tokenizer loader (as the server loads it). A matching function registered FIRST in SGLang's
   registry makes ``sglang.lang.chat_template.get_chat_template_by_model_path(path)`` return it,
   so ``sgl.RuntimeEndpoint``, ``sgl.Runtime`` and ``endpoint()``/``runtime()`` all use it;
-* a checkpoint without a chat template: the project's (``megrez_sglang/tokenizer/chat_template.jinja``,
+* a checkpoint without a chat template: the project's (``megrez_sglang/model/tokenizer/chat_template.jinja``,
   what the project's checkpoints ship);
 * a server whose model path is not readable here (another machine): the client cannot read the
   template, and SGLang's lookup would fall back to its ``default`` format (``USER:``/``ASSISTANT:``),
@@ -28,7 +28,7 @@ Where the template comes from:
   derived form is checked there in token ids. A bare ``sgl.RuntimeEndpoint`` on such a server
   gets a ``ChatTemplateError`` when the path names a Megrez model (for other paths SGLang's own
   matching applies, as it would without this project).
-* sglang-router in front of servers (``python -m megrez_sglang.cluster``): its own ``/v1/tokenize``
+* sglang-router in front of servers (``python -m megrez_sglang.serving.cluster``): its own ``/v1/tokenize``
   renders no messages, so ``endpoint()`` takes the template of the checkpoint the workers report,
   which must then be readable here (a ``ChatTemplateError`` says how to proceed otherwise).
 """
@@ -218,7 +218,7 @@ def _register(template: ChatTemplate, source: str) -> ChatTemplate:
 
 def project_chat_template() -> str:
     """The project's Jinja template (for checkpoints that carry none)."""
-    from ..tokenizer import chat_template
+    from ..model.tokenizer import chat_template
 
     return chat_template()
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import sglang as sgl
 
-from ..answers import extract_choice, majority_answer
-from ..prompts import choice_prompt, option_letters
+from ..model.prompts import choice_prompt, option_letters
 from . import chat_template  # noqa: F401  (the checkpoint's own chat format for SGLang's lookup)
+from .answers import extract_choice, majority_answer
 from .grammars import answer_json_regex
 from .math import completion_tokens
 

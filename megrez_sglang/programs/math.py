@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import sglang as sgl
 
-from ..answers import last_boxed, majority_answer, math_equivalent
-from ..prompts import math_prompt
+from ..model.prompts import math_prompt
 from . import chat_template  # noqa: F401  (the checkpoint's own chat format for SGLang's lookup)
+from .answers import last_boxed, majority_answer, math_equivalent
 from .grammars import BOXED_MAX_TOKENS, BOXED_REGEX
 
 

@@ -27,7 +27,7 @@ import json
 from collections.abc import Callable
 from functools import cache
 
-from ..prompts import choice_prompt, math_prompt, option_letters
+from ..model.prompts import choice_prompt, math_prompt, option_letters
 from .choice import (
     ANSWER_MAX_TOKENS,
     REASONING_MAX_TOKENS,

@@ -48,8 +48,8 @@ from sglang.srt.utils import add_prefix, make_layers
 from sglang.srt.utils.hf_transformers.common import get_rope_config
 from torch import nn
 
-from ..config import MegrezMoeConfig
-from ..reference import checkpoint_layout
+from ..model.config import MegrezMoeConfig
+from ..model.reference import checkpoint_layout
 
 logger = logging.getLogger(__name__)
 

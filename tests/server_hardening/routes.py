@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from megrez_sglang.server_hardening.control_endpoints import iter_routes
+from megrez_sglang.serving.hardening.control_endpoints import iter_routes
 
 ANYONE_PREFIXES = ("/health", "/ready", "/metrics")  # SGLang's auth lets probes through without a key
 

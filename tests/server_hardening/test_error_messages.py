@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from megrez_sglang.server_hardening.error_messages import validation_message
+from megrez_sglang.serving.hardening.error_messages import validation_message
 
 from .replies import (
     CHAT,

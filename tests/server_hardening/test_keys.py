@@ -10,10 +10,10 @@ import psutil
 import pytest
 import requests
 
-import megrez_sglang.server
-from megrez_sglang.server import process_title
-from megrez_sglang.server_hardening import KeyConfigurationError, hardened_server_environment
-from megrez_sglang.server_hardening.keys import keys_from_environment
+import megrez_sglang.serving.server
+from megrez_sglang.serving.hardening import KeyConfigurationError, hardened_server_environment
+from megrez_sglang.serving.hardening.keys import keys_from_environment
+from megrez_sglang.serving.server import process_title
 
 from ..conftest import ADMIN_KEY, API_KEY
 from .replies import (
@@ -35,8 +35,8 @@ def test_a_key_passed_as_a_flag_is_refused_before_anything_starts(tiny_checkpoin
     def no_server(*args, **kwargs):
         raise AssertionError("the supervisor started SGLang")
 
-    monkeypatch.setattr(megrez_sglang.server.subprocess, "Popen", no_server)
-    assert megrez_sglang.server.main([tiny_checkpoint, "--", "--api-key", "sk-visible"]) == 2
+    monkeypatch.setattr(megrez_sglang.serving.server.subprocess, "Popen", no_server)
+    assert megrez_sglang.serving.server.main([tiny_checkpoint, "--", "--api-key", "sk-visible"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "launch_server: error: --api-key would put the key on the command line")
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from megrez_sglang.server import ServerProcess, is_alive, process_title
+from megrez_sglang.serving.server import ServerProcess, is_alive, process_title
 
 from ..conftest import API_KEY, ROOT
 from .replies import (

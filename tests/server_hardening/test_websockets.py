@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from megrez_sglang.server_hardening.websockets import WebSocketAuthMiddleware
+from megrez_sglang.serving.hardening.websockets import WebSocketAuthMiddleware
 
 from ..conftest import ADMIN_KEY, API_KEY
 

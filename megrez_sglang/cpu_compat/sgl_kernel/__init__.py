@@ -6,7 +6,7 @@ imports a few ``*_cpu`` helpers from ``sgl_kernel`` at module import time even t
 the AMX kernels (``torch.ops.sgl_kernel`` stays empty), every layer then takes its
 ``forward_native`` path and never calls them.
 
-What it does: :mod:`megrez_sglang.cpu_runtime` puts this directory first on ``sys.path`` and
+What it does: :mod:`megrez_sglang.serving.cpu_runtime` puts this directory first on ``sys.path`` and
 ``PYTHONPATH`` on hosts without CUDA only. Here
 
 * a name ending in ``_cpu`` resolves to a placeholder that RAISES when called (and appends the

@@ -21,7 +21,7 @@ names SGLang's private module state; it is written for SGLang 0.5.23 and refuses
 
 How it is switched on: ``gpu_branch_environment()`` (before the engine starts) returns the two
 variables SGLang's processes need, ``TRITON_INTERPRET=1`` and ``MEGREZ_GPU_BRANCHES=1``; this
-package's SGLang plugin (registration.register, run in every SGLang process) then calls
+package's SGLang plugin (serving.registration.register, run in every SGLang process) then calls
 ``install()`` in the scheduler, where the model runs. It never activates where torch sees a GPU
 (there the real kernels run), and a refusal is one line (GpuBranchesRefused / SystemExit).
 
@@ -304,15 +304,15 @@ def refusal(environ=None) -> str | None:
     """Why the mode cannot run in this process, or None."""
     environ = os.environ if environ is None else environ
     if torch.cuda.is_available():
-        return ("megrez_sglang.gpu_branches: torch sees a GPU here, where the real kernels run; "
+        return ("megrez_sglang.model.gpu_branches: torch sees a GPU here, where the real kernels run; "
                 "the GPU-branch mode is for machines without one")
     import sglang
 
     if sglang.__version__ != SGLANG_VERSION:
-        return (f"megrez_sglang.gpu_branches: written for SGLang {SGLANG_VERSION} (it changes private "
+        return (f"megrez_sglang.model.gpu_branches: written for SGLang {SGLANG_VERSION} (it changes private "
                 f"module state), found {sglang.__version__}")
     if environ.get(INTERPRET_ENV) != "1":
-        return (f"megrez_sglang.gpu_branches: {INTERPRET_ENV}=1 must be set before Triton is imported "
+        return (f"megrez_sglang.model.gpu_branches: {INTERPRET_ENV}=1 must be set before Triton is imported "
                 "(without a GPU the Triton kernels run only in its interpreter)")
     return None
 
@@ -323,8 +323,8 @@ def gpu_branch_environment(dtype: str | None = None) -> dict[str, str]:
     (`dtype`, the engine's, when given: float32 or float16 only)."""
     if dtype is not None and str(dtype).removeprefix("torch.") not in ("float32", "float16", "half", "float"):
         raise GpuBranchesRefused(
-            f"megrez_sglang.gpu_branches: dtype {dtype} is not faithful in Triton's interpreter (tl.dot "
-            "on bfloat16, triton issue 11584): use float32 or float16")
+            f"megrez_sglang.model.gpu_branches: dtype {dtype} is not faithful in Triton's interpreter "
+            "(tl.dot on bfloat16, triton issue 11584): use float32 or float16")
     reason = refusal({**os.environ, INTERPRET_ENV: "1"})
     if reason:
         raise GpuBranchesRefused(reason)
@@ -365,13 +365,13 @@ def install() -> None:
         owner, name = _owner_and_name(module, patch.attribute)
         if hasattr(owner, name) == patch.cuda_only_name:
             state = "present" if patch.cuda_only_name else "missing"
-            raise GpuBranchesRefused(f"megrez_sglang.gpu_branches: {patch.module}.{patch.attribute} is "
+            raise GpuBranchesRefused(f"megrez_sglang.model.gpu_branches: {patch.module}.{patch.attribute} is "
                                      f"{state} (not SGLang {SGLANG_VERSION}'s layout)")
         resolved.append((owner, name, patch.value(module)))
     kernel = importlib.import_module(_FUSED_MOE).invoke_fused_moe_kernel.__globals__.get("fused_moe_kernel")
     if kernel is not None and type(kernel).__name__ != "InterpretedFunction":
-        raise GpuBranchesRefused("megrez_sglang.gpu_branches: SGLang's Triton kernels were compiled for "
-                                 f"a GPU ({INTERPRET_ENV} was set after Triton was imported)")
+        raise GpuBranchesRefused("megrez_sglang.model.gpu_branches: SGLang's Triton kernels were compiled "
+                                 f"for a GPU ({INTERPRET_ENV} was set after Triton was imported)")
     for owner, name, value in resolved:
         setattr(owner, name, value)
     _installed = True

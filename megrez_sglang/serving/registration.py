@@ -6,7 +6,7 @@
   ``sglang.srt.plugins`` (pyproject.toml). SGLang calls it first thing in the engine, the
   server's main process and every scheduler/detokenizer process: where configs are parsed and
   models built. It registers the config and ``MegrezMoeForCausalLM`` with SGLang's registry,
-  and, in a server started by this project's launchers, installs server_hardening; with
+  and, in a server started by this project's launchers, installs serving.hardening; with
   MEGREZ_GPU_BRANCHES=1 (gpu_branches), SGLang's CUDA branches under Triton's interpreter.
 
 A broken model module must never let SGLang fall back silently to its generic transformers
@@ -18,19 +18,9 @@ from __future__ import annotations
 
 import traceback
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-from .config import MegrezMoeConfig
+from ..model.auto_classes import register_with_transformers
 
 ARCHITECTURE = "MegrezMoeForCausalLM"
-
-
-def register_with_transformers() -> None:
-    from .reference import MegrezMoeForCausalLM, MegrezMoeModel
-
-    AutoConfig.register(MegrezMoeConfig.model_type, MegrezMoeConfig, exist_ok=True)
-    AutoModel.register(MegrezMoeConfig, MegrezMoeModel, exist_ok=True)
-    AutoModelForCausalLM.register(MegrezMoeConfig, MegrezMoeForCausalLM, exist_ok=True)
 
 
 class ModelModuleImportError(RuntimeError):
@@ -53,7 +43,7 @@ def register_with_sglang() -> None:
     from sglang.srt.models.registry import ModelRegistry
 
     try:
-        from .sglang_models.megrez_moe import MegrezMoeForCausalLM
+        from ..sglang_models.megrez_moe import MegrezMoeForCausalLM
     except Exception as e:  # noqa: BLE001 - re-raised when SGLang builds the model
         MegrezMoeForCausalLM = _unloadable_model_class(e)
     ModelRegistry.models[ARCHITECTURE] = MegrezMoeForCausalLM
@@ -63,13 +53,14 @@ def register() -> None:
     """The SGLang plugin entry point."""
     register_with_transformers()
     register_with_sglang()
-    from . import gpu_branches, server_hardening
+    from ..model import gpu_branches
+    from . import hardening
 
     gpu_branches.install_if_requested()  # MEGREZ_GPU_BRANCHES=1: SGLang's CUDA branches, interpreted
 
-    if server_hardening.requested():
+    if hardening.requested():
         try:
-            server_hardening.install()
+            hardening.install()
         except Exception as e:
             # SGLang only logs a failing plugin; a server asked to be hardened must not start open.
             # (SystemExit is not an Exception, so SGLang's plugin loader lets it through.)

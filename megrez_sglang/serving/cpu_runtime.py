@@ -5,7 +5,7 @@ SGLang 0.5.23 needs two things on such a host (see the stand-in's docstring for 
 ``sys.path``) so that the scheduler and detokenizer processes SGLang spawns see them too. On a
 CUDA host nothing is changed.
 
-``python -m megrez_sglang.cpu_env`` prints the same settings as shell ``export`` lines, for
+``python -m megrez_sglang.serving.cpu_env`` prints the same settings as shell ``export`` lines, for
 starting SGLang's own entry points (``python -m sglang.launch_server``) by hand.
 """
 
@@ -17,7 +17,7 @@ import sys
 import warnings
 from pathlib import Path
 
-STANDIN_DIR = Path(__file__).resolve().parent / "cpu_compat"
+STANDIN_DIR = Path(__file__).resolve().parents[1] / "cpu_compat"
 
 # "cpu" or "cuda" forces a choice; anything else means: CUDA if torch sees a device.
 DEVICE_ENV = "MEGREZ_DEVICE"

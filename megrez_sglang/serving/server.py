@@ -1,6 +1,6 @@
 """Start SGLang's HTTP server (OpenAI-compatible API) for a Megrez2 checkpoint and supervise it.
 
-    python -m megrez_sglang.server [MODEL_PATH] [--host H] [--port P] [--tp N] [--dp N]
+    python -m megrez_sglang.serving.server [MODEL_PATH] [--host H] [--port P] [--tp N] [--dp N]
                                    [--nnodes N --node-rank R --dist-init-addr HOST:PORT]
                                    [--served-model-name NAME] [--shutdown-timeout S]
                                    [--max-n N] [--max-prompts N] [--max-request-tokens N]
@@ -10,7 +10,7 @@
 
 (launch_server.sh is the user-facing wrapper.) Checks the model path, the keys and the port first,
 starts ``sglang serve`` in its own process group with this host's settings (see engine.py) and
-this project's hardening (server_hardening/: keys from MEGREZ_API_KEY / MEGREZ_ADMIN_API_KEY via
+this project's hardening (serving/hardening/: keys from MEGREZ_API_KEY / MEGREZ_ADMIN_API_KEY via
 the environment, control endpoints admin-only, token ids checked), prints the URL once /health
 answers, and then watches it:
 
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import psutil
 
+from ..model.model_path import ModelPathError, resolve_model_path
 from .cpu_runtime import configure_sglang_for_host
 from .engine import engine_args
-from .model_path import ModelPathError, resolve_model_path
-from .server_hardening import (
+from .hardening import (
     ADMIN_API_KEY_ENV,
     API_KEY_ENV,
     DEFAULT_DRAIN_TIMEOUT_S,
@@ -183,7 +183,7 @@ def watch(process: subprocess.Popen, poll_s: float = 0.5) -> str:
 def stop(process: subprocess.Popen, grace_s: float) -> bool:
     """Stop the server and everything it started. SIGTERM goes to SGLang's server process only:
     its tokenizer manager then drains the requests in flight (with a deadline, see
-    server_hardening) and stops its scheduler and detokenizer (SIGTERM to the whole group would
+    serving/hardening) and stops its scheduler and detokenizer (SIGTERM to the whole group would
     kill the scheduler under running requests). Whatever is left of the process group after
     `grace_s` is SIGKILLed. True if it stopped in time."""
     in_time = True
@@ -367,7 +367,7 @@ class ServerProcess:
         with ServerProcess(model, api_key="sk-...", admin_api_key="sk-admin-...") as server:
             requests.get(f"{server.url}/health")
 
-    `command` replaces ``python -m megrez_sglang.server`` (e.g. the path of launch_server.sh);
+    `command` replaces ``python -m megrez_sglang.serving.server`` (e.g. the path of launch_server.sh);
     `env` is added to this process's environment; the keys travel in it as MEGREZ_API_KEY /
     MEGREZ_ADMIN_API_KEY. The server's whole output (stdout and stderr) goes to `log_path` (or is
     discarded); stdout is read to the end so that the server never blocks on a full pipe.
@@ -381,7 +381,7 @@ class ServerProcess:
                  wait: bool = True):
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
-        command = list(command or [sys.executable, "-m", "megrez_sglang.server"])
+        command = list(command or [sys.executable, "-m", "megrez_sglang.serving.server"])
         argv = [*command, *([model] if model else []), "--host", host, "--port", str(self.port),
                 *args, *(["--", *extra] if extra else [])]
         keys = {API_KEY_ENV: api_key, ADMIN_API_KEY_ENV: admin_api_key}

@@ -1,6 +1,6 @@
 """Stored and activated parameters of a Megrez2 config, counted on the reference model's tree.
 
-    python -m megrez_sglang.param_count [MODEL_DIR]      (default: the real model's config)
+    python -m megrez_sglang.model.param_count [MODEL_DIR]      (default: the real model's config)
 
 Stored counts each sharing group's experts once, as the checkpoint stores them. Activated per token
 leaves out the embedding (a lookup) and counts num_experts_per_tok experts in every MoE layer.
@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv:
         from transformers import AutoConfig
 
-        from . import registration
+        from .auto_classes import register_with_transformers
 
-        registration.register_with_transformers()
+        register_with_transformers()
         config = AutoConfig.from_pretrained(argv[0])
         source = argv[0]
     else:

@@ -17,9 +17,9 @@ class ModelPathError(ValueError):
     """The given model path is missing or is not a Megrez2 checkpoint."""
 
 
-# The tiny Megrez2 trained here (python -m megrez_sglang.train_tiny), shipped with the package:
+# The tiny Megrez2 trained here (python -m megrez_sglang.training.train_tiny), shipped with the package:
 # it answers the card's demos and the held-out split (eval: tiny_math, tiny_choice).
-TRAINED_CHECKPOINT = Path(__file__).with_name("checkpoints") / "tiny-trained"
+TRAINED_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "tiny-trained"
 
 
 def resolve_model_path(model_path: str | None, *, need_weights: bool = True) -> str:
@@ -28,7 +28,7 @@ def resolve_model_path(model_path: str | None, *, need_weights: bool = True) -> 
     if model_path is None:
         if not (TRAINED_CHECKPOINT / "config.json").is_file():
             raise ModelPathError(f"the trained tiny checkpoint is missing: {TRAINED_CHECKPOINT} has no "
-                                 "config.json (rebuild it with python -m megrez_sglang.train_tiny)")
+                                 "config.json (rebuild it with python -m megrez_sglang.training.train_tiny)")
         return str(TRAINED_CHECKPOINT)
     path = Path(model_path).expanduser()
     if not path.exists():
@@ -58,7 +58,8 @@ def resolve_model_path(model_path: str | None, *, need_weights: bool = True) -> 
         raise ModelPathError(f"{model_path!r} has no *.safetensors weights (a config-only checkpoint?)")
     if need_weights and has_random_weights(path):
         print(f"megrez_sglang: note: {path} holds random weights (built by "
-              "megrez_sglang.build_checkpoint): what it generates is noise, not answers", file=sys.stderr)
+              "megrez_sglang.model.build_checkpoint): what it generates is noise, not answers",
+              file=sys.stderr)
     return str(path)
 
 

@@ -1,16 +1,16 @@
 """Several replicas of the server behind SGLang's router: one URL, requests spread over workers.
 
-    python -m megrez_sglang.cluster [MODEL_PATH] [--replicas K] [--worker-url URL ...]
+    python -m megrez_sglang.serving.cluster [MODEL_PATH] [--replicas K] [--worker-url URL ...]
                                     [--policy cache_aware|round_robin|power_of_two|random]
                                     [--host 127.0.0.1] [--port 30000] [--tp N] [--dp N]
                                     [--served-model-name NAME] [--shutdown-timeout S]
                                     [--log-dir DIR] [-- extra SGLang flags for the local workers]
 
 Needs the `cluster` extra (sglang-router). Starts K local workers with this project's supervisor
-(megrez_sglang.server, as launch_server.sh: each on a 127.0.0.1 port of its own and its own
+(megrez_sglang.serving.server, as launch_server.sh: each on a 127.0.0.1 port of its own and its own
 GPUs, worker i from GPU i x tp x dp on), then SGLang's router over them and over any remote
 workers (--worker-url: launch_server.sh on other machines, started with the same
-MEGREZ_API_KEY). The router is sglang-router's own, started by megrez_sglang.gateway so that the
+MEGREZ_API_KEY). The router is sglang-router's own, started by megrez_sglang.serving.gateway so that the
 keys stay out of every process's arguments. Prints the URL once every worker is registered and
 healthy at the router.
 
@@ -45,9 +45,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..model.model_path import ModelPathError, resolve_model_path
 from .cpu_runtime import configure_sglang_for_host
 from .engine import CPU_THREADS_BIND_ENV, cpu_threads_binding
-from .model_path import ModelPathError, resolve_model_path
+from .hardening import (
+    ADMIN_API_KEY_ENV,
+    API_KEY_ENV,
+    DEFAULT_DRAIN_TIMEOUT_S,
+    KeyConfigurationError,
+    environment_keys,
+)
 from .server import (
     DEFAULT_PORT,
     KEY_FLAGS,
@@ -60,13 +67,6 @@ from .server import (
     exit_reason,
     port_is_free,
     split_at_double_dash,
-)
-from .server_hardening import (
-    ADMIN_API_KEY_ENV,
-    API_KEY_ENV,
-    DEFAULT_DRAIN_TIMEOUT_S,
-    KeyConfigurationError,
-    environment_keys,
 )
 
 POLICIES = ("cache_aware", "round_robin", "power_of_two", "random")
@@ -89,7 +89,8 @@ class ClusterError(RuntimeError):
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     argv, extra = split_at_double_dash(argv)
-    p = argparse.ArgumentParser(prog="python -m megrez_sglang.cluster", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m megrez_sglang.serving.cluster",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("model_path", nargs="?", help="Megrez2 checkpoint directory or hub id for the local "
                    "workers (default: the project's tiny checkpoint)")
     p.add_argument("--replicas", type=int, default=2, help="local workers (default 2; 0: remote ones only)")
@@ -133,13 +134,13 @@ def local_worker_environment(device: str, replicas: int, ranks_per_worker: int) 
 
 
 class Router:
-    """sglang-router (through megrez_sglang.gateway) as a child process in its own session."""
+    """sglang-router (through megrez_sglang.serving.gateway) as a child process in its own session."""
 
     def __init__(self, worker_urls: list[str], *, host: str, port: int, policy: str, api_key: str | None,
                  admin_key: str, shutdown_timeout_s: float, log_path: Path):
         self.url = f"http://{host}:{port}"
         self.admin_key = admin_key
-        argv = [sys.executable, "-m", "megrez_sglang.gateway", "--worker-urls", *worker_urls,
+        argv = [sys.executable, "-m", "megrez_sglang.serving.gateway", "--worker-urls", *worker_urls,
                 "--host", host, "--port", str(port), "--policy", policy,
                 "--worker-startup-timeout-secs", str(STARTUP_TIMEOUT_S),
                 "--worker-startup-check-interval", "1",

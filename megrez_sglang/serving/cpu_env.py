@@ -1,10 +1,10 @@
 """Print the settings SGLang's CPU path needs on this host as shell ``export`` lines, for starting
 SGLang's own entry points (``sglang serve``, ``python -m sglang.launch_server``) by hand:
 
-    eval "$(python -m megrez_sglang.cpu_env)"
+    eval "$(python -m megrez_sglang.serving.cpu_env)"
 
 On a CUDA host only the model package is exported. A module of its own: run as ``python -m
-megrez_sglang.cpu_runtime`` (which the package imports first), Python warned on stderr.
+megrez_sglang.serving.cpu_runtime`` (which the package imports first), Python warned on stderr.
 """
 
 import shlex

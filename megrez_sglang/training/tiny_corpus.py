@@ -26,7 +26,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
-from .prompts import choice_prompt, math_prompt
+from ..model.prompts import choice_prompt, math_prompt
 
 HELD_OUT_SHARE = 8  # one key in 8 is held out
 LETTERS = "ABCD"

@@ -1,12 +1,12 @@
 """Build a Megrez2 checkpoint here, in exactly the real checkpoint's layout.
 
-    python -m megrez_sglang.build_checkpoint OUT_DIR [--preset tiny|small|real-config]
+    python -m megrez_sglang.model.build_checkpoint OUT_DIR [--preset tiny|small|real-config]
                                              [--seed N] [--set field=value ...]
 
 Writes config.json (the real field set, transformers-4 layout, but no auto_map: see
 MegrezMoeConfig.legacy_dict), safetensors of the reference model's seeded random weights under
 the real tensor names (bfloat16; the correction biases float32), generation_config.json (the
-card's sampling), a tokenizer trained here (see megrez_sglang.tokenizer) and megrez_sglang.json,
+card's sampling), a tokenizer trained here (see megrez_sglang.model.tokenizer) and megrez_sglang.json,
 which says the weights are random. ``real-config`` writes the config and tokenizer only, at the
 real shapes. The same arguments give byte-identical files.
 """
@@ -228,7 +228,7 @@ def cached_checkpoint(preset: str = "tiny", seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megrez_sglang.build_checkpoint",
+    parser = argparse.ArgumentParser(prog="python -m megrez_sglang.model.build_checkpoint",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")

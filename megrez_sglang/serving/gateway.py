@@ -1,7 +1,8 @@
 """SGLang's router (sglang-router 0.3.2, "SGLang Model Gateway") with the keys kept out of argv.
 
     MEGREZ_API_KEY=... [MEGREZ_ADMIN_API_KEY=...] \\
-        python -m megrez_sglang.gateway --worker-urls URL [URL ...] [sglang_router.launch_router flags]
+        python -m megrez_sglang.serving.gateway --worker-urls URL [URL ...] \\
+            [sglang_router.launch_router flags]
 
 sglang-router takes its keys only as flags (--api-key, --control-plane-api-keys), where every
 local user sees them (ps). This starts sglang-router's own router (its argument parser, RouterArgs
@@ -29,8 +30,8 @@ import os
 import secrets
 import sys
 
+from .hardening import ADMIN_API_KEY_ENV, API_KEY_ENV, KeyConfigurationError, environment_keys
 from .server import free_port
-from .server_hardening import ADMIN_API_KEY_ENV, API_KEY_ENV, KeyConfigurationError, environment_keys
 
 KEY_FLAGS = ("--api-key", "--control-plane-api-keys")
 DEFAULT_HOST = "127.0.0.1"
@@ -46,7 +47,7 @@ def router_args(argv: list[str], environ: dict[str, str] | None = None):
         raise KeyConfigurationError(
             f"{key_flags[0].split('=', 1)[0]} would put a key on the command line, where every local "
             f"user sees it (ps); set {API_KEY_ENV} / {ADMIN_API_KEY_ENV} instead")
-    parser = argparse.ArgumentParser(prog="python -m megrez_sglang.gateway",
+    parser = argparse.ArgumentParser(prog="python -m megrez_sglang.serving.gateway",
                                      description=__doc__.split("\n\n")[0])
     RouterArgs.add_cli_args(parser, use_router_prefix=False)
     parser.set_defaults(host=DEFAULT_HOST, prometheus_host=None, prometheus_port=None)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = router_args(sys.argv[1:] if argv is None else argv)
     except KeyConfigurationError as e:
-        print(f"megrez_sglang.gateway: error: {e}", file=sys.stderr)
+        print(f"megrez_sglang.serving.gateway: error: {e}", file=sys.stderr)
         return 2
     # What sglang_router.launch_router does, without its import of the debugging load balancer
     # (mini_lb), which imports all of sglang: ~10 s and ~300 MB more for this process.
