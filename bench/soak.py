@@ -1,8 +1,8 @@
 """Soak: minutes of mixed traffic from 16 clients against launch_server.sh; requests served,
 errors (must be 0), latency per minute, and the server processes' memory at the start and the end.
 
-    python -m bench.soak [--model PATH | --base-url URL] [--minutes 10] [--warmup-minutes 1]
-                         [--clients 16] [--seed 0] [--out PATH]
+    python -m bench.soak [--model PATH [--server-args FLAGS] | --base-url URL] [--minutes 10]
+                         [--warmup-minutes 1] [--clients 16] [--seed 0] [--out PATH]
 
 The clients are Locust users (headless, one process): Locust runs them, times every request,
 computes the percentiles, and writes its CSV files and HTML report (named at the end). The request
@@ -42,6 +42,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -479,14 +480,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=10.0, help="of traffic (default 10)")
     p.add_argument("--warmup-minutes", type=float, default=1.0,
                    help="RSS growth is measured from this point of the traffic on (default 1)")
+    p.add_argument("--server-args", default="", metavar="FLAGS",
+                   help="launch_server.sh flags for the server it starts, e.g. "
+                   "'--max-pending-tokens 1000000' (the work bound out of the way)")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample-interval", type=float, default=10.0,
                    help="seconds between samples of the server's RSS and CPU time (default 10)")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    if args.base_url and args.model:
-        p.error("--model starts a server; --base-url measures a running one: choose one")
+    if args.base_url and (args.model or args.server_args):
+        p.error("--model and --server-args start a server; --base-url measures a running one: choose")
     if args.minutes <= 0 or args.clients < 1:
         p.error("--minutes must be > 0 and --clients >= 1")
     if not 0 <= args.warmup_minutes < args.minutes:
@@ -505,7 +509,7 @@ def main() -> int:
     log_path = Path(tempfile.mkdtemp(prefix="megrez-soak-")) / "server.log"
     model = args.model or str(TRAINED_CHECKPOINT)
     print(f"starting launch_server.sh's server on {model} (log: {log_path})", flush=True)
-    server = ServerProcess(args.model, api_key=api_key, log_path=log_path)
+    server = ServerProcess(args.model, api_key=api_key, log_path=log_path, args=shlex.split(args.server_args))
     log_offset = log_path.stat().st_size  # the start-up's part (e.g. 503 to /health) is not the soak's
     try:
         run = soak(server.url, api_key, server.process.pid,

@@ -98,6 +98,7 @@ def test_locust_gets_the_run_but_never_the_key(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--minutes", "1", "--warmup-minutes", "1"],
                                   ["--model", "m", "--base-url", "http://127.0.0.1:30000"],
+                                  ["--server-args", "--max-pending-tokens 9", "--base-url", "http://127.0.0.1:1"],
                                   ["--clients", "0"]])
 def test_arguments_that_cannot_make_a_soak_are_refused(argv):
     with pytest.raises(SystemExit) as e:
