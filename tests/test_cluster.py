@@ -419,7 +419,7 @@ def worker_killed_under_load(cluster, round_robin_router):
     victim_url, survivor_url = cluster.workers[1], cluster.workers[0]
     port = victim_url.rsplit(":", 1)[1]
     supervisor = next(p for p in psutil.Process(cluster.process.pid).children()
-                      if re.search(rf"megrez_sglang\.server .*--port {port}\b", " ".join(p.cmdline())))
+                      if re.search(rf"megrez_sglang\.serving\.server .*--port {port}\b", " ".join(p.cmdline())))
     # `sglang serve`, in a process group of its own
     sglang_server = next(p for p in supervisor.children() if "sglang.cli.main" in " ".join(p.cmdline()))
     victim_processes = [supervisor, sglang_server, *sglang_server.children(recursive=True)]
