@@ -418,8 +418,9 @@ def worker_killed_under_load(cluster, round_robin_router):
     round_robin_router.stop()  # it would keep probing the dead worker; this is about the cluster
     victim_url, survivor_url = cluster.workers[1], cluster.workers[0]
     port = victim_url.rsplit(":", 1)[1]
+    supervisor_command = rf"megrez_sglang\.serving\.server .*--port {port}\b"
     supervisor = next(p for p in psutil.Process(cluster.process.pid).children()
-                      if re.search(rf"megrez_sglang\.serving\.server .*--port {port}\b", " ".join(p.cmdline())))
+                      if re.search(supervisor_command, " ".join(p.cmdline())))
     # `sglang serve`, in a process group of its own
     sglang_server = next(p for p in supervisor.children() if "sglang.cli.main" in " ".join(p.cmdline()))
     victim_processes = [supervisor, sglang_server, *sglang_server.children(recursive=True)]

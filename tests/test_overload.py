@@ -453,7 +453,8 @@ def test_slow_clients_are_closed_within_the_read_timeout_and_a_chat_stays_fast(l
     assert loaded < 2 * idle, (idle, loaded)
 
 
-def _first_bytes(held: list[socket.socket], extra: socket.socket, wait_s: float) -> tuple[bytes, float, float]:
+def _first_bytes(held: list[socket.socket], extra: socket.socket,
+                 wait_s: float) -> tuple[bytes, float, float]:
     """Watch every socket until `extra` answers (or `wait_s` passes): the extra's answer, when it
     arrived, and when the first of `held` got anything (its 408, or its close)."""
     answer, answered_at, first_held_at = b"", float("nan"), float("inf")
